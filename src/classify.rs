@@ -1,0 +1,68 @@
+//! The one answer to "was this a failure?", shared by the circuit breaker, the RED metrics
+//! and spans, so that they never disagree about the same request.
+
+use http::StatusCode;
+
+use crate::error::{ErrorKind, UpstreamFailure};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure,
+}
+
+/// A response the upstream produced: 5xx is a failure of the upstream, 4xx is the caller's
+/// problem and says nothing about the upstream's health.
+pub fn response(status: StatusCode) -> Outcome {
+    if status.is_server_error() {
+        Outcome::Failure
+    } else {
+        Outcome::Success
+    }
+}
+
+/// An error raised while talking to the upstream. Everything the upstream caused (connect,
+/// reset, protocol, TLS, timeouts) counts against it; the proxy's own policy decisions
+/// (rate limits, shedding, authorization) say nothing about the upstream and count as neither.
+pub fn error(kind: ErrorKind) -> Option<Outcome> {
+    match kind {
+        ErrorKind::UpstreamUnavailable(_) | ErrorKind::UpstreamTimeout => Some(Outcome::Failure),
+        _ => None,
+    }
+}
+
+/// The `kind` label of `tracseq_proxy_upstream_errors_total` for an upstream-caused error.
+pub fn upstream_failure(kind: ErrorKind) -> Option<UpstreamFailure> {
+    match kind {
+        ErrorKind::UpstreamUnavailable(f) => Some(f),
+        ErrorKind::UpstreamTimeout => Some(UpstreamFailure::Timeout),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        assert_eq!(response(StatusCode::OK), Outcome::Success);
+        assert_eq!(response(StatusCode::NOT_FOUND), Outcome::Success);
+        assert_eq!(
+            response(StatusCode::INTERNAL_SERVER_ERROR),
+            Outcome::Failure
+        );
+        assert_eq!(response(StatusCode::SERVICE_UNAVAILABLE), Outcome::Failure);
+    }
+
+    #[test]
+    fn errors() {
+        assert_eq!(error(ErrorKind::UpstreamTimeout), Some(Outcome::Failure));
+        assert_eq!(
+            error(ErrorKind::UpstreamUnavailable(UpstreamFailure::Connect)),
+            Some(Outcome::Failure)
+        );
+        assert_eq!(error(ErrorKind::RateLimited), None);
+        assert_eq!(error(ErrorKind::CircuitOpen), None);
+    }
+}

@@ -1,0 +1,213 @@
+//! One typed, validated `Config` from flags, `TRACSEQ_PROXY_*` variables and the `--config`
+//! TOML file (precedence flag > env > file > default). Validation happens once at start-up; an
+//! error is one line naming the flag (and where its value came from) and the process exits 2.
+
+pub mod cli;
+mod parse;
+mod source;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
+
+pub use cli::{Cli, Command};
+pub use parse::{duration as parse_duration, IdentityPattern, Peer, Rate, RouteTemplate};
+use source::Sources;
+
+/// A start-up error: printed as one line, exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    Required,
+    Optional,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    V1_2,
+    V1_3,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitKey {
+    Identity,
+    Ip,
+    Header(http::HeaderName),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitMode {
+    Enforce,
+    Shadow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    Grpc,
+    Http,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    pub client_auth: ClientAuth,
+    pub min_version: TlsVersion,
+    pub allow_identity: Vec<IdentityPattern>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `host:port` of the local service; `None` with `--outbound-only`.
+    pub upstream: Option<http::uri::Authority>,
+    pub listen: Option<SocketAddr>,
+    pub outbound_listen: Option<SocketAddr>,
+    pub admin: SocketAddr,
+    pub service_name: Option<String>,
+    pub workers: usize,
+    pub tls: TlsConfig,
+    pub peers: Vec<Peer>,
+    pub peer_port: u16,
+    pub rate_limit: Option<Rate>,
+    pub rate_limit_burst: Option<u32>,
+    pub rate_limit_per_client: Option<Rate>,
+    pub rate_limit_key: RateLimitKey,
+    pub rate_limit_mode: RateLimitMode,
+    pub breaker_failures: u32,
+    pub breaker_backoff: (Duration, Duration),
+    pub max_concurrent_requests: usize,
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub retries: u32,
+    pub drain_timeout: Duration,
+    pub routes: Vec<RouteTemplate>,
+    pub otlp_endpoint: Option<String>,
+    pub otlp_protocol: OtlpProtocol,
+    pub trace_sample_ratio: f64,
+    pub propagation_b3: bool,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub access_log: bool,
+}
+
+impl Config {
+    /// A config for tests and the demo: everything at its default, listeners on loopback port 0.
+    pub fn for_upstream(upstream: SocketAddr) -> Self {
+        let mut cfg = Self::defaults();
+        cfg.upstream = Some(authority(upstream));
+        cfg
+    }
+
+    /// Defaults of CONTRACT.md, except that every listener is on loopback port 0 (tests, demo).
+    pub fn defaults() -> Self {
+        let lo: SocketAddr = ([127, 0, 0, 1], 0).into();
+        Self {
+            upstream: None,
+            listen: Some(lo),
+            outbound_listen: Some(lo),
+            admin: lo,
+            service_name: None,
+            workers: default_workers(),
+            tls: TlsConfig {
+                cert: None,
+                key: None,
+                ca: None,
+                client_auth: ClientAuth::None,
+                min_version: TlsVersion::V1_3,
+                allow_identity: Vec::new(),
+            },
+            peers: Vec::new(),
+            peer_port: 8443,
+            rate_limit: None,
+            rate_limit_burst: None,
+            rate_limit_per_client: None,
+            rate_limit_key: RateLimitKey::Identity,
+            rate_limit_mode: RateLimitMode::Enforce,
+            breaker_failures: 5,
+            breaker_backoff: (Duration::from_secs(1), Duration::from_secs(60)),
+            max_concurrent_requests: 10_000,
+            request_timeout: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(1),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            retries: 1,
+            drain_timeout: Duration::from_secs(30),
+            routes: Vec::new(),
+            otlp_endpoint: None,
+            otlp_protocol: OtlpProtocol::Grpc,
+            trace_sample_ratio: 1.0,
+            propagation_b3: false,
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            access_log: false,
+        }
+    }
+}
+
+pub fn authority(addr: SocketAddr) -> http::uri::Authority {
+    addr.to_string()
+        .parse()
+        .expect("a socket address is a valid authority")
+}
+
+/// The CPU count as the cgroup allows (std reads cgroup quotas), at least 1.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// What `main` should do.
+#[derive(Debug)]
+pub enum Invocation {
+    Run(Box<Config>),
+    Certs(cli::CertsArgs),
+    Demo(cli::DemoArgs),
+}
+
+/// Parse the process arguments. Clap's own errors (unknown flag, `--help`) exit inside clap.
+pub fn from_args<I, T>(args: I) -> Result<Invocation, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = Cli::command().get_matches_from(args);
+    from_matches(&matches)
+}
+
+/// Like [`from_args`] but returns clap errors instead of exiting (tests).
+pub fn try_from_args<I, T>(args: I) -> Result<Invocation, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = Cli::command()
+        .try_get_matches_from(args)
+        .map_err(|e| ConfigError(e.to_string().lines().next().unwrap_or("").to_string()))?;
+    from_matches(&matches)
+}
+
+fn from_matches(matches: &ArgMatches) -> Result<Invocation, ConfigError> {
+    let cli = Cli::from_arg_matches(matches).map_err(|e| ConfigError(e.to_string()))?;
+    match cli.command {
+        Some(Command::Certs(c)) => Ok(Invocation::Certs(c)),
+        Some(Command::Demo(d)) => Ok(Invocation::Demo(d)),
+        None => {
+            let sources = Sources::new(matches, cli.run.config.as_deref())?;
+            Ok(Invocation::Run(Box::new(parse::resolve(&sources)?)))
+        }
+    }
+}

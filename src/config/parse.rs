@@ -1,0 +1,635 @@
+//! Value parsers and the resolver that turns raw sources into a validated `Config`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::source::{Raw, Sources};
+use super::*;
+
+/// A rate: `count` requests per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub per: Duration,
+}
+
+impl Rate {
+    /// The `N/s` text of the IETF RateLimit-Policy `w` (window seconds) and `q` (quota).
+    pub fn window_secs(&self) -> u64 {
+        self.per.as_secs().max(1)
+    }
+}
+
+impl FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (n, unit) = s
+            .split_once('/')
+            .ok_or_else(|| format!("invalid rate \"{s}\" (expected N/s, N/m or N/h)"))?;
+        let count: u32 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("invalid rate \"{s}\": \"{n}\" is not a whole number"))?;
+        if count == 0 {
+            return Err(format!("invalid rate \"{s}\": must be at least 1"));
+        }
+        let per = match unit.trim() {
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            u => {
+                return Err(format!(
+                    "invalid rate \"{s}\": unit \"{u}\" is not s, m or h"
+                ))
+            }
+        };
+        Ok(Rate { count, per })
+    }
+}
+
+/// An `--allow-identity` pattern: exact, or a prefix when it ends in `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityPattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl IdentityPattern {
+    pub fn matches(&self, id: &str) -> bool {
+        match self {
+            Self::Exact(e) => e == id,
+            Self::Prefix(p) => id.starts_with(p.as_str()),
+        }
+    }
+}
+
+impl FromStr for IdentityPattern {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("empty identity".into());
+        }
+        match s.strip_suffix('*') {
+            Some(p) if p.contains('*') => Err(format!("\"{s}\": `*` is allowed only at the end")),
+            Some(p) => Ok(Self::Prefix(p.to_string())),
+            None if s.contains('*') => Err(format!("\"{s}\": `*` is allowed only at the end")),
+            None => Ok(Self::Exact(s.to_string())),
+        }
+    }
+}
+
+/// A `--peer NAME=HOST:PORT[#IDENTITY]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub identity: Option<String>,
+}
+
+impl FromStr for Peer {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid peer \"{s}\" (expected NAME=HOST:PORT[#IDENTITY])");
+        let (name, rest) = s.split_once('=').ok_or_else(bad)?;
+        let (addr, identity) = match rest.split_once('#') {
+            Some((a, id)) if !id.is_empty() => (a, Some(id.to_string())),
+            Some(_) => return Err(bad()),
+            None => (rest, None),
+        };
+        let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if name.is_empty() || host.is_empty() || port == 0 {
+            return Err(bad());
+        }
+        Ok(Peer {
+            name: name.to_ascii_lowercase(),
+            host: host.to_string(),
+            port,
+            identity,
+        })
+    }
+}
+
+/// A `/api/samples/{id}` route template. `{name}` matches one path segment; a final `{*name}`
+/// matches the rest. The template text itself is the `http_route` label (bounded: it comes
+/// from the config, never from a request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTemplate {
+    pub template: &'static str,
+    segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param,
+    Rest,
+}
+
+impl RouteTemplate {
+    pub fn matches(&self, path: &str) -> bool {
+        let mut parts = path.trim_start_matches('/').split('/');
+        for (i, seg) in self.segments.iter().enumerate() {
+            match seg {
+                Segment::Rest => return i + 1 == self.segments.len(),
+                Segment::Literal(l) => match parts.next() {
+                    Some(p) if p == l => {}
+                    _ => return false,
+                },
+                Segment::Param => match parts.next() {
+                    Some(p) if !p.is_empty() => {}
+                    _ => return false,
+                },
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
+impl FromStr for RouteTemplate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if !s.starts_with('/') {
+            return Err(format!("route \"{s}\" must start with /"));
+        }
+        let raw: Vec<&str> = s.trim_start_matches('/').split('/').collect();
+        let mut segments = Vec::with_capacity(raw.len());
+        for (i, part) in raw.iter().enumerate() {
+            let seg = if let Some(inner) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}'))
+            {
+                if inner.starts_with('*') {
+                    if i + 1 != raw.len() {
+                        return Err(format!("route \"{s}\": {{*...}} must be the last segment"));
+                    }
+                    Segment::Rest
+                } else if inner.is_empty() {
+                    return Err(format!("route \"{s}\": empty parameter name"));
+                } else {
+                    Segment::Param
+                }
+            } else if part.contains('{') || part.contains('}') {
+                return Err(format!(
+                    "route \"{s}\": a parameter must be a whole segment"
+                ));
+            } else {
+                Segment::Literal((*part).to_string())
+            };
+            segments.push(seg);
+        }
+        // Templates live for the whole process; leaking them gives `&'static str` labels with
+        // no per-request allocation or reference counting.
+        let template: &'static str = Box::leak(s.to_string().into_boxed_str());
+        Ok(RouteTemplate { template, segments })
+    }
+}
+
+pub fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration \"{s}\" ({e}; expected e.g. 250ms, 30s)"))
+}
+
+fn get<T>(
+    src: &Sources<'_>,
+    key: &'static str,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Option<(T, Raw)>, ConfigError> {
+    match src.one(key)? {
+        None => Ok(None),
+        Some((text, raw)) => match parse(&text) {
+            Ok(v) => Ok(Some((v, raw))),
+            Err(msg) => Err(raw.err(msg)),
+        },
+    }
+}
+
+fn val<T>(
+    src: &Sources<'_>,
+    key: &'static str,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, ConfigError> {
+    Ok(get(src, key, parse)?.map(|(v, _)| v))
+}
+
+fn socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("invalid address \"{s}\" (expected IP:PORT, e.g. 0.0.0.0:8443)"))
+}
+
+fn boolean(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("invalid boolean \"{s}\"")),
+    }
+}
+
+fn number<T: FromStr>(what: &'static str) -> impl Fn(&str) -> Result<T, String> {
+    move |s| {
+        s.trim()
+            .parse()
+            .map_err(|_| format!("invalid {what} \"{s}\""))
+    }
+}
+
+fn upstream(s: &str) -> Result<http::uri::Authority, String> {
+    let uri: http::Uri = s
+        .parse()
+        .map_err(|e| format!("invalid URL \"{s}\": {e} (expected http://host:port)"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => {
+            return Err(format!(
+                "unsupported scheme \"{other}\" in \"{s}\" (expected http://host:port)"
+            ))
+        }
+        None => return Err(format!("\"{s}\" has no scheme (expected http://host:port)")),
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "\"{s}\" must not have a path (expected http://host:port)"
+        ));
+    }
+    let auth = uri
+        .authority()
+        .ok_or_else(|| format!("\"{s}\" has no host (expected http://host:port)"))?;
+    if auth.as_str().contains('@') {
+        return Err(format!("\"{s}\" must not carry credentials"));
+    }
+    if auth.port_u16().is_some() {
+        Ok(auth.clone())
+    } else {
+        format!("{}:80", auth.host())
+            .parse()
+            .map_err(|e| format!("invalid host in \"{s}\": {e}"))
+    }
+}
+
+fn backoff(s: &str) -> Result<(Duration, Duration), String> {
+    let (a, b) = s
+        .split_once("..")
+        .ok_or_else(|| format!("invalid backoff \"{s}\" (expected MIN..MAX, e.g. 1s..60s)"))?;
+    let (min, max) = (duration(a)?, duration(b)?);
+    if min.is_zero() || min > max {
+        return Err(format!("invalid backoff \"{s}\": need 0 < MIN <= MAX"));
+    }
+    Ok((min, max))
+}
+
+fn positive(d: Duration, raw: &Raw) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        Err(raw.err("must be greater than zero"))
+    } else {
+        Ok(d)
+    }
+}
+
+fn timeout(
+    src: &Sources<'_>,
+    key: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match get(src, key, duration)? {
+        None => Ok(default),
+        Some((d, raw)) => positive(d, &raw),
+    }
+}
+
+pub(super) fn resolve(src: &Sources<'_>) -> Result<Config, ConfigError> {
+    let d = Config::defaults();
+    let outbound_only = val(src, "outbound_only", boolean)?.unwrap_or(false);
+    let upstream = get(src, "upstream", upstream)?;
+    let upstream = match (upstream, outbound_only) {
+        (Some((_, raw)), true) => return Err(raw.err("cannot be used with --outbound-only")),
+        (Some((u, _)), false) => Some(u),
+        (None, true) => None,
+        (None, false) => {
+            return Err(ConfigError(
+                "--upstream: required (the local service, e.g. --upstream http://127.0.0.1:8080), unless --outbound-only".into(),
+            ))
+        }
+    };
+    let listen = if outbound_only {
+        None
+    } else {
+        Some(val(src, "listen", socket_addr)?.unwrap_or(([0, 0, 0, 0], 8443).into()))
+    };
+    let outbound_listen = match val(src, "outbound_listen", |s| {
+        if s.eq_ignore_ascii_case("off") {
+            Ok(None)
+        } else {
+            socket_addr(s).map(Some)
+        }
+    })? {
+        Some(v) => v,
+        None => Some(([127, 0, 0, 1], 15001).into()),
+    };
+    if outbound_only && outbound_listen.is_none() {
+        return Err(ConfigError(
+            "--outbound-listen: cannot be off with --outbound-only (nothing would listen)".into(),
+        ));
+    }
+    let admin = val(src, "admin", socket_addr)?.unwrap_or(([0, 0, 0, 0], 9901).into());
+
+    let workers = match get(src, "workers", number::<usize>("thread count"))? {
+        None => d.workers,
+        Some((0, raw)) => return Err(raw.err("must be at least 1")),
+        Some((n, raw)) if n > 1024 => return Err(raw.err("must be at most 1024")),
+        Some((n, _)) => n,
+    };
+
+    let path = |s: &str| -> Result<PathBuf, String> {
+        if s.is_empty() {
+            Err("empty path".into())
+        } else {
+            Ok(PathBuf::from(s))
+        }
+    };
+    let cert = get(src, "tls_cert", path)?;
+    let key = get(src, "tls_key", path)?;
+    match (&cert, &key) {
+        (Some(_), None) => return Err(ConfigError("--tls-key: required with --tls-cert".into())),
+        (None, Some(_)) => return Err(ConfigError("--tls-cert: required with --tls-key".into())),
+        _ => {}
+    }
+    let ca = val(src, "tls_ca", path)?;
+    let client_auth = match get(src, "client_auth", |s| match s {
+        "required" => Ok(ClientAuth::Required),
+        "optional" => Ok(ClientAuth::Optional),
+        "none" => Ok(ClientAuth::None),
+        _ => Err(format!(
+            "invalid value \"{s}\" (expected required, optional or none)"
+        )),
+    })? {
+        Some((ClientAuth::None, _)) => ClientAuth::None,
+        Some((mode, raw)) if ca.is_none() => {
+            let _ = mode;
+            return Err(
+                raw.err("needs --tls-ca (the CA that client certificates are checked against)")
+            );
+        }
+        Some((mode, _)) => mode,
+        None if ca.is_some() => ClientAuth::Required,
+        None => ClientAuth::None,
+    };
+    if ca.is_some() && cert.is_none() && !outbound_only && client_auth != ClientAuth::None {
+        return Err(ConfigError(
+            "--tls-ca: client-certificate checks need a server identity (--tls-cert and --tls-key)"
+                .into(),
+        ));
+    }
+    let min_version = val(src, "tls_min_version", |s| match s {
+        "1.2" => Ok(TlsVersion::V1_2),
+        "1.3" => Ok(TlsVersion::V1_3),
+        _ => Err(format!("invalid TLS version \"{s}\" (expected 1.2 or 1.3)")),
+    })?
+    .unwrap_or(TlsVersion::V1_3);
+    let (ids, ids_raw) = src.many("allow_identity")?;
+    let allow_identity = ids
+        .iter()
+        .map(|s| s.parse().map_err(|e| ids_raw.err(e)))
+        .collect::<Result<Vec<IdentityPattern>, _>>()?;
+
+    let (peers_raw, peers_src) = src.many("peer")?;
+    let mut peers: Vec<Peer> = Vec::with_capacity(peers_raw.len());
+    for p in &peers_raw {
+        let peer: Peer = p.parse().map_err(|e| peers_src.err(e))?;
+        if peers.iter().any(|q| q.name == peer.name) {
+            return Err(peers_src.err(format!("peer \"{}\" is given twice", peer.name)));
+        }
+        peers.push(peer);
+    }
+    let peer_port = match get(src, "peer_port", number::<u16>("port"))? {
+        Some((0, raw)) => return Err(raw.err("must be 1..65535")),
+        Some((p, _)) => p,
+        None => 8443,
+    };
+
+    let rate_limit = val(src, "rate_limit", str::parse::<Rate>)?;
+    let rate_limit_burst = match get(src, "rate_limit_burst", number::<u32>("burst"))? {
+        Some((0, raw)) => return Err(raw.err("must be at least 1")),
+        Some((b, _)) => Some(b),
+        None => None,
+    };
+    let rate_limit_per_client = val(src, "rate_limit_per_client", str::parse::<Rate>)?;
+    let rate_limit_key = val(src, "rate_limit_key", |s| match s {
+        "identity" => Ok(RateLimitKey::Identity),
+        "ip" => Ok(RateLimitKey::Ip),
+        _ => match s.strip_prefix("header:") {
+            Some(name) => http::HeaderName::from_bytes(name.trim().as_bytes())
+                .map(RateLimitKey::Header)
+                .map_err(|_| format!("invalid header name \"{name}\"")),
+            None => Err(format!(
+                "invalid key \"{s}\" (expected identity, ip or header:NAME)"
+            )),
+        },
+    })?
+    .unwrap_or(RateLimitKey::Identity);
+    let rate_limit_mode = val(src, "rate_limit_mode", |s| match s {
+        "enforce" => Ok(RateLimitMode::Enforce),
+        "shadow" => Ok(RateLimitMode::Shadow),
+        _ => Err(format!("invalid mode \"{s}\" (expected enforce or shadow)")),
+    })?
+    .unwrap_or(RateLimitMode::Enforce);
+
+    let breaker_failures = val(src, "breaker_failures", number::<u32>("count"))?.unwrap_or(5);
+    let breaker_backoff = val(src, "breaker_backoff", backoff)?.unwrap_or(d.breaker_backoff);
+    let max_concurrent_requests =
+        match get(src, "max_concurrent_requests", number::<usize>("count"))? {
+            Some((0, raw)) => return Err(raw.err("must be at least 1")),
+            Some((n, _)) => n,
+            None => d.max_concurrent_requests,
+        };
+    let request_timeout = timeout(src, "request_timeout", d.request_timeout)?;
+    let connect_timeout = timeout(src, "connect_timeout", d.connect_timeout)?;
+    let header_read_timeout = timeout(src, "header_read_timeout", d.header_read_timeout)?;
+    let idle_timeout = timeout(src, "idle_timeout", d.idle_timeout)?;
+    let retries = match get(src, "retries", number::<u32>("count"))? {
+        Some((n, raw)) if n > 10 => return Err(raw.err("must be at most 10")),
+        Some((n, _)) => n,
+        None => 1,
+    };
+    let drain_timeout = val(src, "drain_timeout", duration)?.unwrap_or(d.drain_timeout);
+
+    let (routes_raw, routes_src) = src.many("route")?;
+    let routes = routes_raw
+        .iter()
+        .map(|s| s.parse::<RouteTemplate>().map_err(|e| routes_src.err(e)))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let otlp_endpoint = match val(src, "otlp_endpoint", |s| {
+        let uri: http::Uri = s.parse().map_err(|e| format!("invalid URL \"{s}\": {e}"))?;
+        match uri.scheme_str() {
+            Some("http") | Some("https") if uri.authority().is_some() => Ok(s.to_string()),
+            _ => Err(format!("invalid URL \"{s}\" (expected http://host:port)")),
+        }
+    })? {
+        Some(e) => Some(e),
+        None => std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .ok()
+            .filter(|s| !s.is_empty()),
+    };
+    let otlp_protocol = val(src, "otlp_protocol", |s| match s {
+        "grpc" => Ok(OtlpProtocol::Grpc),
+        "http" | "http/protobuf" => Ok(OtlpProtocol::Http),
+        _ => Err(format!("invalid protocol \"{s}\" (expected grpc or http)")),
+    })?
+    .unwrap_or(OtlpProtocol::Grpc);
+    let trace_sample_ratio = val(src, "trace_sample_ratio", |s| {
+        let f: f64 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("invalid ratio \"{s}\""))?;
+        if (0.0..=1.0).contains(&f) {
+            Ok(f)
+        } else {
+            Err(format!("invalid ratio \"{s}\" (expected 0.0 to 1.0)"))
+        }
+    })?
+    .unwrap_or(1.0);
+    let propagation_b3 = val(src, "propagation", |s| {
+        let mut b3 = false;
+        for p in s.split(',').map(str::trim) {
+            match p {
+                "w3c" | "tracecontext" => {}
+                "b3" => b3 = true,
+                _ => return Err(format!("unknown propagation \"{p}\" (expected w3c, b3)")),
+            }
+        }
+        Ok(b3)
+    })?
+    .unwrap_or(false);
+    let log_format = val(src, "log_format", |s| match s {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(format!("invalid format \"{s}\" (expected text or json)")),
+    })?
+    .unwrap_or(LogFormat::Text);
+    let log_level = val(src, "log_level", |s| {
+        tracing_subscriber::EnvFilter::try_new(s)
+            .map(|_| s.to_string())
+            .map_err(|e| format!("invalid level \"{s}\": {e}"))
+    })?
+    .unwrap_or_else(|| "info".into());
+    let access_log = val(src, "access_log", boolean)?.unwrap_or(false);
+    let service_name = val(src, "service_name", |s| {
+        if s.is_empty() {
+            Err("empty name".to_string())
+        } else {
+            Ok(s.to_string())
+        }
+    })?;
+
+    Ok(Config {
+        upstream,
+        listen,
+        outbound_listen,
+        admin,
+        service_name,
+        workers,
+        tls: TlsConfig {
+            cert: cert.map(|(c, _)| c),
+            key: key.map(|(k, _)| k),
+            ca,
+            client_auth,
+            min_version,
+            allow_identity,
+        },
+        peers,
+        peer_port,
+        rate_limit,
+        rate_limit_burst,
+        rate_limit_per_client,
+        rate_limit_key,
+        rate_limit_mode,
+        breaker_failures,
+        breaker_backoff,
+        max_concurrent_requests,
+        request_timeout,
+        connect_timeout,
+        header_read_timeout,
+        idle_timeout,
+        retries,
+        drain_timeout,
+        routes,
+        otlp_endpoint,
+        otlp_protocol,
+        trace_sample_ratio,
+        propagation_b3,
+        log_format,
+        log_level,
+        access_log,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates() {
+        assert_eq!("10/s".parse::<Rate>().map(|r| r.count), Ok(10));
+        assert_eq!(
+            "5/m".parse::<Rate>().map(|r| r.per),
+            Ok(Duration::from_secs(60))
+        );
+        assert!("0/s".parse::<Rate>().is_err());
+        assert!("10/d".parse::<Rate>().is_err());
+        assert!("ten/s".parse::<Rate>().is_err());
+    }
+
+    #[test]
+    fn peers() {
+        let p: Peer = "orders=orders-sidecar:8443#spiffe://tracseq.local/orders"
+            .parse()
+            .expect("valid");
+        assert_eq!(p.host, "orders-sidecar");
+        assert_eq!(p.port, 8443);
+        assert_eq!(p.identity.as_deref(), Some("spiffe://tracseq.local/orders"));
+        assert!("orders".parse::<Peer>().is_err());
+        assert!("orders=host".parse::<Peer>().is_err());
+        assert!("orders=host:0".parse::<Peer>().is_err());
+        let v6: Peer = "x=[::1]:9".parse().expect("v6");
+        assert_eq!(v6.host, "::1");
+    }
+
+    #[test]
+    fn routes() {
+        let r: RouteTemplate = "/api/samples/{id}".parse().expect("valid");
+        assert!(r.matches("/api/samples/42"));
+        assert!(!r.matches("/api/samples/42/x"));
+        assert!(!r.matches("/api/samples/"));
+        assert!(!r.matches("/api/other/42"));
+        let rest: RouteTemplate = "/static/{*path}".parse().expect("valid");
+        assert!(rest.matches("/static/a/b/c"));
+        assert!("api".parse::<RouteTemplate>().is_err());
+        assert!("/a/{*x}/b".parse::<RouteTemplate>().is_err());
+        assert!("/a/x{y}".parse::<RouteTemplate>().is_err());
+    }
+
+    #[test]
+    fn identity_patterns() {
+        let p: IdentityPattern = "spiffe://tracseq.local/*".parse().expect("valid");
+        assert!(p.matches("spiffe://tracseq.local/orders"));
+        assert!(!p.matches("spiffe://other/orders"));
+        assert!("a*b".parse::<IdentityPattern>().is_err());
+    }
+
+    #[test]
+    fn upstream_urls() {
+        assert_eq!(
+            upstream("http://127.0.0.1:8080").map(|a| a.to_string()),
+            Ok("127.0.0.1:8080".into())
+        );
+        assert_eq!(
+            upstream("http://app").map(|a| a.to_string()),
+            Ok("app:80".into())
+        );
+        assert!(upstream("https://app:1").is_err());
+        assert!(upstream("127.0.0.1:8080").is_err());
+        assert!(upstream("http://app:1/path").is_err());
+    }
+}

@@ -1,0 +1,349 @@
+//! Listeners and connections: accept, (TLS), deadlines, HTTP/1 + HTTP/2 (auto-detected, h2c by
+//! prior knowledge), and graceful drain. One task per connection; the stack is cloned per
+//! connection (cheap: a few `Arc`s) and per request by the hyper adapter.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use super::body::Body;
+use super::conn_io::{ConnState, TimedIo};
+use super::stack::HyperService;
+use super::{ConnMeta, Direction};
+use crate::error::ErrorKind;
+use crate::layers::metrics::{
+    DirectionLabel, ErrorType, HttpMetrics, Method, Protocol, ServerLabels,
+};
+
+/// Largest request head (all header lines) accepted; beyond it HTTP/1 answers 431 and HTTP/2
+/// refuses the stream. 64 KiB is Envoy's default and well above what browsers send.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Header fields per HTTP/1 request (Envoy's default is 100).
+const MAX_HEADERS: usize = 128;
+
+/// `tracseq_proxy_tcp_connections_open` / `_total`.
+#[derive(Debug)]
+pub struct ConnMetrics {
+    open: Family<DirectionLabel, Gauge>,
+    total: Family<DirectionLabel, Counter>,
+}
+
+impl ConnMetrics {
+    pub fn register(reg: &mut Registry) -> Arc<Self> {
+        let m = Self {
+            open: Family::default(),
+            total: Family::default(),
+        };
+        reg.register(
+            "tracseq_proxy_tcp_connections_open",
+            "TCP connections currently open on the proxy's listeners",
+            m.open.clone(),
+        );
+        reg.register(
+            "tracseq_proxy_tcp_connections",
+            "TCP connections accepted by the proxy's listeners",
+            m.total.clone(),
+        );
+        for direction in [Direction::Inbound, Direction::Outbound] {
+            let _ = m.open.get_or_create(&DirectionLabel { direction });
+            let _ = m.total.get_or_create(&DirectionLabel { direction });
+        }
+        Arc::new(m)
+    }
+}
+
+struct OpenGuard(Gauge);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The stream hyper reads: plain TCP or TLS over TCP.
+pub enum ServerIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            ServerIo::Plain($s) => $e,
+            ServerIo::Tls($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for ServerIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        delegate!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for ServerIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ServerIo::Plain(s) => s.is_write_vectored(),
+            ServerIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => Pin::new(s).poll_flush(cx))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+/// Graceful drain: a signal every connection watches, and a way to wait until the last one
+/// has finished (every connection holds a clone of `_done`; `recv` returns `None` when all
+/// are gone).
+pub struct DrainController {
+    signal: watch::Sender<bool>,
+    done_tx: Option<mpsc::Sender<()>>,
+    done_rx: mpsc::Receiver<()>,
+}
+
+#[derive(Clone)]
+pub struct Drain {
+    signal: watch::Receiver<bool>,
+    _done: mpsc::Sender<()>,
+}
+
+impl Drain {
+    /// Resolves when draining starts.
+    pub async fn signaled(&mut self) {
+        let _ = self.signal.wait_for(|d| *d).await;
+    }
+}
+
+impl Default for DrainController {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DrainController {
+    pub fn new() -> Self {
+        let (signal, _) = watch::channel(false);
+        let (done_tx, done_rx) = mpsc::channel(1);
+        Self {
+            signal,
+            done_tx: Some(done_tx),
+            done_rx,
+        }
+    }
+
+    pub fn watcher(&self) -> Drain {
+        Drain {
+            signal: self.signal.subscribe(),
+            _done: self
+                .done_tx
+                .clone()
+                .expect("watchers are created before draining starts"),
+        }
+    }
+
+    /// Start draining and wait (up to `timeout`) for every watcher to be dropped. Returns
+    /// whether everything finished in time.
+    pub async fn drain(mut self, timeout: Duration) -> bool {
+        let _ = self.signal.send(true);
+        self.done_tx = None;
+        tokio::time::timeout(timeout, self.done_rx.recv())
+            .await
+            .is_ok()
+    }
+}
+
+/// Settings of one listener.
+pub struct Listener {
+    pub direction: Direction,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub metrics: Arc<HttpMetrics>,
+    pub conns: Arc<ConnMetrics>,
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
+}
+
+impl Listener {
+    fn builder(&self) -> auto::Builder<TokioExecutor> {
+        let mut b = auto::Builder::new(TokioExecutor::new());
+        b.http1()
+            .timer(TokioTimer::new())
+            // Our own `TimedIo` answers a slow head with 408; hyper's would close silently.
+            .header_read_timeout(None)
+            .keep_alive(true)
+            .max_buf_size(MAX_HEADER_BYTES.max(8192))
+            .max_headers(MAX_HEADERS);
+        b.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_HEADER_BYTES as u32)
+            .adaptive_window(true)
+            .max_concurrent_streams(1024)
+            // Bound resets a client may cause (CVE-2023-44487 "rapid reset").
+            .max_pending_accept_reset_streams(64)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20));
+        b
+    }
+
+    /// Accept until draining starts; then stop accepting (the socket closes: new connections
+    /// are refused) and let live connections finish.
+    pub async fn serve<S>(self, listener: TcpListener, stack: S, mut drain: Drain)
+    where
+        S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let this = Arc::new(self);
+        let builder = Arc::new(this.builder());
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = drain.signaled() => break,
+                a = listener.accept() => a,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of fds or similar: back off briefly instead of spinning.
+                    tracing::warn!(direction = this.direction.as_str(), error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let local = tcp.local_addr().unwrap_or(peer);
+            let _ = tcp.set_nodelay(true);
+            tokio::spawn(this.clone().connection(
+                tcp,
+                peer,
+                local,
+                stack.clone(),
+                builder.clone(),
+                drain.clone(),
+            ));
+        }
+        drop(listener);
+    }
+
+    async fn connection<S>(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+        stack: S,
+        builder: Arc<auto::Builder<TokioExecutor>>,
+        mut drain: Drain,
+    ) where
+        S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let label = DirectionLabel {
+            direction: self.direction,
+        };
+        self.conns.total.get_or_create(&label).inc();
+        let open = self.conns.open.get_or_create_owned(&label);
+        open.inc();
+        let _open = OpenGuard(open);
+
+        let (io, tls) = match &self.tls {
+            None => (ServerIo::Plain(tcp), None),
+            Some(tls) => match tls.accept(tcp, self.direction).await {
+                Ok((stream, info)) => (ServerIo::Tls(Box::new(stream)), Some(info)),
+                Err(e) => {
+                    tracing::debug!(direction = self.direction.as_str(), client = %peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            },
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let state = Arc::new(ConnState::default());
+        let meta = Arc::new(ConnMeta {
+            direction: self.direction,
+            client_addr: peer,
+            local_addr: local,
+            tls,
+            state: state.clone(),
+        });
+        let metrics = self.metrics.clone();
+        let direction = self.direction;
+        let header_timeout = self.header_read_timeout;
+        let on_timeout = Box::new(move || {
+            let labels = ServerLabels {
+                direction,
+                method: Method::Other,
+                status: 408,
+                scheme,
+                protocol: Protocol::Http11,
+                route: None,
+                error_type: Some(ErrorType::Proxy(ErrorKind::HeaderTimeout)),
+            };
+            metrics.server_duration.get_or_create(&labels).observe(
+                header_timeout.as_secs_f64(),
+                None,
+                None,
+            );
+        });
+        let io = TimedIo::new(
+            io,
+            state,
+            self.header_read_timeout,
+            self.idle_timeout,
+            on_timeout,
+        );
+        let service = HyperService::new(stack, meta);
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            res = conn.as_mut() => res,
+            _ = drain.signaled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.as_mut().await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(direction = self.direction.as_str(), client = %peer, error = %e, "connection ended with an error");
+        }
+    }
+}

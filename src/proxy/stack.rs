@@ -1,0 +1,259 @@
+//! Pieces shared by both directions' tower stacks: the hyper adapter (infallible, one clone of
+//! the stack per request), `x-request-id`, `rescue` as a layer, and the request timeout.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use tower::util::Oneshot;
+use tower::ServiceExt;
+
+use super::body::{self, Body};
+use super::{headers, ConnMeta, Direction};
+use crate::error::{self, BoxError, ErrorKind, ProxyError};
+use crate::layers::metrics::HttpMetrics;
+
+/// What hyper calls: converts the body, attaches the connection's facts and runs the stack.
+#[derive(Clone)]
+pub struct HyperService<S> {
+    stack: S,
+    meta: Arc<ConnMeta>,
+}
+
+impl<S> HyperService<S> {
+    pub fn new(stack: S, meta: Arc<ConnMeta>) -> Self {
+        Self { stack, meta }
+    }
+}
+
+impl<S> hyper::service::Service<Request<Incoming>> for HyperService<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Oneshot<S, Request<Body>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let mut req = req.map(body::boxed);
+        req.extensions_mut().insert(self.meta.clone());
+        self.stack.clone().oneshot(req)
+    }
+}
+
+/// Keeps or generates `x-request-id` and returns it on every response, the proxy's own too.
+#[derive(Clone, Copy, Default)]
+pub struct RequestIdLayer;
+
+impl<S> tower::Layer<S> for RequestIdLayer {
+    type Service = RequestId<S>;
+    fn layer(&self, inner: S) -> RequestId<S> {
+        RequestId { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct RequestId<S> {
+    inner: S,
+}
+
+pin_project_lite::pin_project! {
+    pub struct RequestIdFuture<F> {
+        #[pin]
+        inner: F,
+        id: Option<HeaderValue>,
+    }
+}
+
+impl<F> Future for RequestIdFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(mut resp) = std::task::ready!(this.inner.poll(cx));
+        if let Some(id) = this.id.take() {
+            resp.headers_mut().insert(headers::X_REQUEST_ID, id);
+        }
+        Poll::Ready(Ok(resp))
+    }
+}
+
+impl<S> tower::Service<Request<Body>> for RequestId<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = RequestIdFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let id = headers::ensure_request_id(req.headers_mut());
+        RequestIdFuture {
+            inner: self.inner.call(req),
+            id: Some(id),
+        }
+    }
+}
+
+/// The one place where an error becomes an HTTP response (see `error::rescue`).
+#[derive(Clone, Copy, Default)]
+pub struct RescueLayer;
+
+impl<S> tower::Layer<S> for RescueLayer {
+    type Service = Rescue<S>;
+    fn layer(&self, inner: S) -> Rescue<S> {
+        Rescue { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct Rescue<S> {
+    inner: S,
+}
+
+pin_project_lite::pin_project! {
+    pub struct RescueFuture<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F> Future for RescueFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, BoxError>>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match std::task::ready!(self.project().inner.poll(cx)) {
+            Ok(resp) => Poll::Ready(Ok(resp)),
+            Err(e) => {
+                let resp = error::rescue(e.as_ref());
+                if resp.status().is_server_error() {
+                    tracing::debug!(error = %e, status = resp.status().as_u16(), "proxy answered with an error");
+                }
+                Poll::Ready(Ok(resp))
+            }
+        }
+    }
+}
+
+impl<S> tower::Service<Request<Body>> for Rescue<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = RescueFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // An inner service that fails readiness is answered per request instead: `call`
+        // below turns the stack's errors into responses, so report ready.
+        match self.inner.poll_ready(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(_) => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        RescueFuture {
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+/// `--request-timeout`: a deadline for the upstream's response headers (bodies may stream for
+/// longer: a download is not a timeout). Fires as 504 `upstream-timeout`.
+#[derive(Clone)]
+pub struct TimeoutLayer {
+    timeout: Duration,
+    direction: Direction,
+    metrics: Arc<HttpMetrics>,
+}
+
+impl TimeoutLayer {
+    pub fn new(timeout: Duration, direction: Direction, metrics: Arc<HttpMetrics>) -> Self {
+        Self {
+            timeout,
+            direction,
+            metrics,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for TimeoutLayer {
+    type Service = Timeout<S>;
+    fn layer(&self, inner: S) -> Timeout<S> {
+        Timeout {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Timeout<S> {
+    inner: S,
+    layer: TimeoutLayer,
+}
+
+impl<S> tower::Service<Request<Body>> for Timeout<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = TimeoutFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        TimeoutFuture {
+            inner: tokio::time::timeout(self.layer.timeout, self.inner.call(req)),
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    pub struct TimeoutFuture<F> {
+        #[pin]
+        inner: tokio::time::Timeout<F>,
+        layer: TimeoutLayer,
+    }
+}
+
+impl<F> Future for TimeoutFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, BoxError>>,
+{
+    type Output = Result<Response<Body>, BoxError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match std::task::ready!(this.inner.poll(cx)) {
+            Ok(res) => Poll::Ready(res),
+            Err(elapsed) => {
+                this.layer
+                    .metrics
+                    .upstream_error(this.layer.direction, "timeout");
+                Poll::Ready(Err(ProxyError::new(ErrorKind::UpstreamTimeout)
+                    .with_detail("no response headers within --request-timeout")
+                    .with_source(elapsed)
+                    .into()))
+            }
+        }
+    }
+}

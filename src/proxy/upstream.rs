@@ -1,0 +1,248 @@
+//! The innermost service: sends a request to its `Dest` over pooled connections and streams
+//! the answer back. HTTP/2 requests go out as HTTP/2 (prior knowledge to the local app, ALPN to
+//! TLS peers) so gRPC trailers survive; HTTP/1 requests go out as HTTP/1.1. Upgrades
+//! (WebSocket) are tunnelled byte for byte once both sides switched protocols.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use super::body::{self, Body};
+use super::connect::Connector;
+use super::{headers, Dest, Direction};
+use crate::error::{BoxError, ProxyError, UpstreamFailure};
+use crate::layers::metrics::{ClientLabels, ErrorType, HttpMetrics, Method, UpstreamTiming};
+
+/// How long an idle pooled connection is kept. Shorter than the keep-alive of common app
+/// servers (Node's 5s is the shortest in wide use... but sidecars talk to many stacks), so we
+/// pick a middle value and rely on hyper's retry of requests that hit a connection the server
+/// closed before the request was written.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Idle connections kept per destination: enough for bursts on 2 cores without hoarding fds.
+const POOL_MAX_IDLE_PER_HOST: usize = 64;
+
+/// When a request goes to its destination over HTTP/2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum H2Policy {
+    /// Only gRPC (which needs HTTP/2 trailers); everything else as HTTP/1.1. For the local
+    /// app, which may not speak h2c at all (Envoy's default for clusters is HTTP/1.1 too).
+    GrpcOnly,
+    /// Whenever the caller spoke HTTP/2: peer sidecars accept both.
+    FollowDownstream,
+}
+
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+#[derive(Clone)]
+pub struct Forward {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    direction: Direction,
+    h2_policy: H2Policy,
+    h1: Client<Connector, Body>,
+    h2: Client<Connector, Body>,
+    metrics: Arc<HttpMetrics>,
+}
+
+impl Forward {
+    pub fn new(
+        direction: Direction,
+        h2_policy: H2Policy,
+        connector: Connector,
+        metrics: Arc<HttpMetrics>,
+    ) -> Self {
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new());
+        let h1 = b.build(connector.clone());
+        let mut b2 = Client::builder(TokioExecutor::new());
+        b2.pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .http2_keep_alive_while_idle(false)
+            .http2_adaptive_window(true);
+        let h2 = b2.build(connector);
+        Self {
+            inner: Arc::new(Inner {
+                direction,
+                h2_policy,
+                h1,
+                h2,
+                metrics,
+            }),
+        }
+    }
+}
+
+impl tower::Service<Request<Body>> for Forward {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let dest = req.extensions().get::<Dest>().cloned().ok_or_else(|| {
+                ProxyError::upstream(UpstreamFailure::Protocol, "request has no destination")
+            })?;
+            let upgrade = (req.version() <= Version::HTTP_11 && headers::is_upgrade(req.headers()))
+                .then(|| hyper::upgrade::on(&mut req));
+            let downstream_authority = req.uri().authority().cloned();
+            let mut parts = std::mem::take(req.uri_mut()).into_parts();
+            parts.scheme = Some(http::uri::Scheme::HTTP);
+            parts.authority = Some(dest.authority.clone());
+            if parts.path_and_query.is_none() {
+                parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+            }
+            *req.uri_mut() = Uri::from_parts(parts)
+                .map_err(|e| ProxyError::new(crate::error::ErrorKind::BadRequest).with_source(e))?;
+            let method = Method::from_http(req.method());
+            let use_h2 = req.version() == Version::HTTP_2
+                && match inner.h2_policy {
+                    H2Policy::FollowDownstream => true,
+                    H2Policy::GrpcOnly => is_grpc(req.headers()),
+                };
+            let client = if use_h2 {
+                &inner.h2
+            } else {
+                if req.version() == Version::HTTP_2
+                    && !req.headers().contains_key(http::header::HOST)
+                {
+                    // HTTP/2 carries the authority in the URI; HTTP/1.1 needs it as `Host`.
+                    if let Some(a) = &downstream_authority {
+                        if let Ok(v) = http::HeaderValue::from_str(a.as_str()) {
+                            req.headers_mut().insert(http::header::HOST, v);
+                        }
+                    }
+                }
+                *req.version_mut() = Version::HTTP_11;
+                &inner.h1
+            };
+            let start = Instant::now();
+            let result = client.request(req).await;
+            let elapsed = start.elapsed();
+            let mut labels = ClientLabels {
+                direction: inner.direction,
+                method,
+                status: None,
+                server_address: dest.label,
+                server_port: dest.port,
+                error_type: None,
+            };
+            match result {
+                Ok(mut resp) => {
+                    let status = resp.status();
+                    labels.status = Some(status.as_u16());
+                    if status.is_server_error() {
+                        labels.error_type = Some(ErrorType::Status(status.as_u16()));
+                    }
+                    inner
+                        .metrics
+                        .client_duration
+                        .get_or_create(&labels)
+                        .observe(elapsed.as_secs_f64(), None, None);
+                    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+                    if switching {
+                        if let Some(down) = upgrade {
+                            let up = hyper::upgrade::on(&mut resp);
+                            tokio::spawn(tunnel(down, up));
+                        }
+                    }
+                    headers::strip_hop_by_hop(resp.headers_mut(), switching);
+                    // The downstream connection decides its own version (an HTTP/1.0 upstream
+                    // must not turn our answer into HTTP/1.0).
+                    *resp.version_mut() = Version::default();
+                    resp.extensions_mut().insert(UpstreamTiming(elapsed));
+                    Ok(resp.map(body::boxed))
+                }
+                Err(err) => {
+                    let failure = classify_client_error(&err);
+                    let err = ProxyError::upstream(failure, err);
+                    labels.error_type = Some(ErrorType::Proxy(err.kind));
+                    inner
+                        .metrics
+                        .client_duration
+                        .get_or_create(&labels)
+                        .observe(elapsed.as_secs_f64(), None, None);
+                    inner
+                        .metrics
+                        .upstream_error(inner.direction, failure.as_str());
+                    tracing::debug!(direction = inner.direction.as_str(), dest = dest.label, error = %err, "upstream request failed");
+                    Err(err.into())
+                }
+            }
+        })
+    }
+}
+
+/// Map a client error to the contract's upstream failure kinds by walking its causes.
+pub fn classify_client_error(err: &hyper_util::client::legacy::Error) -> UpstreamFailure {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    let mut failure = if err.is_connect() {
+        UpstreamFailure::Connect
+    } else {
+        UpstreamFailure::Protocol
+    };
+    while let Some(e) = cur {
+        if e.is::<rustls::Error>() {
+            return UpstreamFailure::Tls;
+        }
+        if let Some(p) = e.downcast_ref::<ProxyError>() {
+            if let crate::error::ErrorKind::UpstreamUnavailable(f) = p.kind {
+                return f;
+            }
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            match io.kind() {
+                K::TimedOut if err.is_connect() => return UpstreamFailure::Connect,
+                K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof
+                    if !err.is_connect() =>
+                {
+                    failure = UpstreamFailure::Reset
+                }
+                _ => {}
+            }
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() || h.is_closed() {
+                failure = UpstreamFailure::Reset;
+            }
+        }
+        cur = e.source();
+    }
+    failure
+}
+
+async fn tunnel(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(down, up) {
+        Ok((down, up)) => {
+            let mut down = TokioIo::new(down);
+            let mut up = TokioIo::new(up);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                tracing::debug!(error = %e, "upgraded tunnel ended with an error");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    }
+}
