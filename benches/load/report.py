@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""Turn one `benches/load/compare` run into docs/BENCHMARKS.md (tables) and an SVG latency chart.
+
+Reads, per proxy and topology: <name>.oha.json (fixed-rate latency, coordinated-omission
+corrected), <name>.wrk.txt (closed-loop throughput) and <name>.meta.json (CPU ticks during the
+fixed-rate run, peak RSS, the 1 GiB streaming result).
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+
+TICKS = os.sysconf("SC_CLK_TCK")
+PROXIES = ["direct", "tracseq", "nginx", "haproxy"]
+LABEL = {"direct": "direct (no proxy)", "tracseq": "tracseq-proxy", "nginx": "nginx", "haproxy": "HAProxy"}
+
+
+def load(out, name):
+    r = {}
+    try:
+        with open(os.path.join(out, name + ".oha.json")) as f:
+            oha = json.load(f)
+        pct = oha.get("latencyPercentiles", {})
+        r["p50"] = pct.get("p50", 0) * 1e6
+        r["p99"] = pct.get("p99", 0) * 1e6
+        r["p999"] = pct.get("p99.9", 0) * 1e6
+        summ = oha.get("summary", {})
+        r["requests"] = sum(oha.get("statusCodeDistribution", {}).values())
+        r["success"] = summ.get("successRate", 0)
+    except (OSError, ValueError):
+        return None
+    try:
+        with open(os.path.join(out, name + ".wrk.txt")) as f:
+            m = re.search(r"Requests/sec:\s+([\d.]+)", f.read())
+            r["rps"] = float(m.group(1)) if m else 0.0
+    except OSError:
+        r["rps"] = 0.0
+    with open(os.path.join(out, name + ".meta.json")) as f:
+        meta = json.load(f)
+    r["cpu_per_1k"] = (meta["cpu_ticks"] / TICKS) / max(r["requests"], 1) * 1000
+    r["rss_mib"] = meta["peak_rss_kb"] / 1024
+    big = meta.get("big", "").split()
+    if len(big) == 3:
+        r["big_mbps"] = float(big[0]) / 1e6
+        r["big_bytes"] = int(float(big[1]))
+        r["big_status"] = big[2]
+        r["big_rss_mib"] = meta["big_peak_rss_kb"] / 1024
+    return r
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    def ver(cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout.strip() or \
+                subprocess.run(cmd, capture_output=True, text=True, timeout=5).stderr.strip()
+        except (OSError, subprocess.SubprocessError):
+            return "?"
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "nginx": ver(["nginx", "-v"]).splitlines()[0] if ver(["nginx", "-v"]) else "?",
+        "haproxy": (ver(["haproxy", "-v"]).splitlines() or ["?"])[0],
+    }
+
+
+def svg_chart(results, path):
+    """Grouped bars: p50 / p99 / p99.9 added latency per proxy, one panel per topology."""
+    panels = [t for t in ("plain", "mesh") if any((p, t) in results for p in PROXIES)]
+    W, H, pad = 900, 320 * len(panels), 60
+    colors = {"p50": "#4c78a8", "p99": "#f58518", "p999": "#e45756"}
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{W}" height="{H}" fill="white"/>']
+    for i, topo in enumerate(panels):
+        y0 = i * 320
+        rows = [(p, results[(p, topo)]) for p in PROXIES if (p, topo) in results]
+        vmax = max(max(r["p999"], r["p99"], r["p50"]) for _, r in rows) or 1
+        title = "one hop: client → proxy → upstream" if topo == "plain" else \
+            "mesh hop: client → proxy → mTLS 1.3 → proxy → upstream"
+        out.append(f'<text x="{pad}" y="{y0 + 25}" font-size="15" font-weight="bold">{title} — latency at fixed rate (µs, lower is better)</text>')
+        base, height = y0 + 280, 220
+        gw = (W - 2 * pad) / max(len(rows), 1)
+        for j, (p, r) in enumerate(rows):
+            gx = pad + j * gw
+            for k, key in enumerate(("p50", "p99", "p999")):
+                h = r[key] / vmax * height
+                x = gx + 15 + k * (gw - 30) / 3
+                w = (gw - 30) / 3 - 6
+                out.append(f'<rect x="{x:.1f}" y="{base - h:.1f}" width="{w:.1f}" height="{h:.1f}" fill="{colors[key]}"/>')
+                out.append(f'<text x="{x + w / 2:.1f}" y="{base - h - 4:.1f}" text-anchor="middle">{r[key]:.0f}</text>')
+            out.append(f'<text x="{gx + gw / 2:.1f}" y="{base + 18}" text-anchor="middle" font-weight="bold">{LABEL[p]}</text>')
+        out.append(f'<line x1="{pad}" y1="{base}" x2="{W - pad}" y2="{base}" stroke="black"/>')
+    lx = W - 230
+    for k, (key, name) in enumerate((("p50", "p50"), ("p99", "p99"), ("p999", "p99.9"))):
+        out.append(f'<rect x="{lx + k * 70}" y="40" width="12" height="12" fill="{colors[key]}"/><text x="{lx + k * 70 + 16}" y="51">{name}</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("md")
+    ap.add_argument("svg")
+    ap.add_argument("--duration", default="10")
+    ap.add_argument("--rate", default="1000")
+    ap.add_argument("--conns", default="16")
+    a = ap.parse_args()
+    results = {}
+    for topo in ("plain", "mesh"):
+        for p in PROXIES:
+            r = load(a.out, f"{p}-{topo}")
+            if r:
+                results[(p, topo)] = r
+    if not results:
+        sys.exit("report: no results in " + a.out)
+    svg_chart(results, a.svg)
+    m = machine()
+    lines = [
+        "# Benchmarks",
+        "",
+        "Produced by `benches/load/compare` (run by hand; numbers below are from one run, so every",
+        "comparison is within the same run on the same machine). Regenerate with",
+        "`benches/load/compare` — it rewrites this file and `docs/benchmarks-latency.svg`.",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}; {m['nginx']}; {m['haproxy']}.",
+        f"Each proxy process is pinned to CPU 1 with one worker (`--workers 1`, `worker_processes 1`,",
+        f"`nbthread 1`); the upstream (nginx `return 200`) and the load generators are pinned to CPU 0.",
+        f"Latency: `oha -q {a.rate} -c {a.conns} --latency-correction` for {a.duration}s (keep-alive,",
+        f"coordinated-omission corrected). Throughput: `wrk -t1 -c{a.conns}` for {a.duration}s, closed loop.",
+        "CPU: user+system seconds of the proxy processes during the fixed-rate run, per 1,000 requests.",
+        "RSS: peak resident set (VmHWM) of the proxy processes, summed (nginx: master + worker).",
+        "tracseq-proxy runs with its defaults: metrics on, load shedding, circuit breaker, retries.",
+        "",
+        "![latency chart](benchmarks-latency.svg)",
+        "",
+    ]
+    for topo, title in (("plain", "One hop (client → proxy → upstream)"),
+                        ("mesh", "Mesh hop (client → outbound proxy → mTLS 1.3 → inbound proxy → upstream)")):
+        rows = [(p, results[(p, topo)]) for p in PROXIES if (p, topo) in results]
+        if not rows:
+            continue
+        direct = results.get(("direct", "plain"))
+        lines += [f"## {title}", "",
+                  "| proxy | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | req/s (closed loop) | CPU s / 1k req | peak RSS MiB |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for p, r in rows:
+            ap50 = r["p50"] - direct["p50"] if direct and p != "direct" else 0
+            ap99 = r["p99"] - direct["p99"] if direct and p != "direct" else 0
+            lines.append(f"| {LABEL[p]} | {r['p50']:.0f} | {r['p99']:.0f} | {r['p999']:.0f} | {ap50:.0f} | {ap99:.0f} | "
+                         f"{r['rps']:.0f} | {r['cpu_per_1k']:.3f} | {r['rss_mib']:.1f} |")
+        lines.append("")
+    big = [(p, results[(p, "mesh")]) for p in PROXIES if (p, "mesh") in results and "big_mbps" in results[(p, "mesh")]]
+    if big:
+        lines += ["## 1 GiB streamed through the mesh hop", "",
+                  "| proxy | MB/s | bytes | status | peak RSS of both proxies, MiB |", "|---|---:|---:|---|---:|"]
+        for p, r in big:
+            lines.append(f"| {LABEL[p]} | {r['big_mbps']:.0f} | {r['big_bytes']} | {r['big_status']} | {r['big_rss_mib']:.1f} |")
+        lines.append("")
+    # Hand-written notes (profiles, before/after of optimisations) live below the marker and
+    # survive regeneration.
+    history = "<!-- history: kept across runs -->\n"
+    try:
+        with open(a.md) as f:
+            old = f.read()
+        if "<!-- history" in old:
+            history = old[old.index("<!-- history"):]
+    except OSError:
+        pass
+    with open(a.md, "w") as f:
+        f.write("\n".join(lines) + "\n" + history)
+
+
+if __name__ == "__main__":
+    main()
