@@ -25,7 +25,9 @@ async fn upstream() -> SocketAddr {
     let addr = l.local_addr().expect("addr");
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = l.accept().await else { continue };
+            let Ok((tcp, _)) = l.accept().await else {
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(|_req| async {
@@ -42,7 +44,11 @@ async fn upstream() -> SocketAddr {
 
 async fn one(client: &C, url: &str) {
     let resp = client
-        .request(Request::get(url).body(Full::new(Bytes::new())).expect("request"))
+        .request(
+            Request::get(url)
+                .body(Full::new(Bytes::new()))
+                .expect("request"),
+        )
         .await
         .expect("response");
     assert_eq!(resp.status(), 200);
@@ -66,13 +72,19 @@ fn bench(c: &mut Criterion) {
         cfg.log_level = "warn".into();
         let running = tracseq_proxy::app::start(cfg).await.expect("proxy");
         let inbound = running.inbound.expect("inbound");
-        (format!("http://{up}/"), format!("http://{inbound}/"), running)
+        (
+            format!("http://{up}/"),
+            format!("http://{inbound}/"),
+            running,
+        )
     });
     let client: C = Client::builder(TokioExecutor::new()).build_http();
 
     let mut g = c.benchmark_group("hop");
     g.bench_function("direct", |b| b.to_async(&rt).iter(|| one(&client, &direct)));
-    g.bench_function("one_proxy_hop", |b| b.to_async(&rt).iter(|| one(&client, &proxied)));
+    g.bench_function("one_proxy_hop", |b| {
+        b.to_async(&rt).iter(|| one(&client, &proxied))
+    });
     g.finish();
 
     // Paired measurement: interleave direct and proxied requests so both see the same noise.
