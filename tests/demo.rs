@@ -11,28 +11,45 @@ async fn demo_runs_and_its_summary_matches_its_traffic() {
         keep_running: false,
         quiet: true,
     };
-    let summary = tokio::time::timeout(std::time::Duration::from_secs(60), tracseq_proxy::demo::run(args))
-        .await
-        .expect("demo finished within 60s")
-        .expect("demo ran");
+    let summary = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tracseq_proxy::demo::run(args),
+    )
+    .await
+    .expect("demo finished within 60s")
+    .expect("demo ran");
     println!("{summary}");
-    assert_eq!(summary.sent.transport_failures, 0, "every demo request got an answer");
+    assert_eq!(
+        summary.sent.transport_failures, 0,
+        "every demo request got an answer"
+    );
     let total = summary.sent.total();
     // Generous: a shared, noisy machine may reach a fraction of the asked rate.
     assert!(total.requests >= 20, "too little traffic: {total:?}");
     // Every request crosses two sidecars: the caller's outbound and the callee's inbound.
     for dir in ["inbound", "outbound"] {
-        let measured: u64 = summary.rows.iter().filter(|r| r.direction == dir).map(|r| r.requests).sum();
+        let measured: u64 = summary
+            .rows
+            .iter()
+            .filter(|r| r.direction == dir)
+            .map(|r| r.requests)
+            .sum();
         assert_eq!(measured, total.requests, "{dir} requests across the mesh");
     }
     for ((service, direction), sent) in &summary.sent.by_service {
         let row = summary
             .row(service, direction)
             .unwrap_or_else(|| panic!("no summary row for {service} {direction}"));
-        assert_eq!(row.requests, sent.requests, "{service} {direction} requests");
+        assert_eq!(
+            row.requests, sent.requests,
+            "{service} {direction} requests"
+        );
         assert_eq!(row.errors, sent.errors, "{service} {direction} 5xx");
         let (p50, p99) = (row.p50.expect("p50"), row.p99.expect("p99"));
-        assert!(p50 > 0.0 && p50 <= p99, "{service} {direction}: p50 {p50} p99 {p99}");
+        assert!(
+            p50 > 0.0 && p50 <= p99,
+            "{service} {direction}: p50 {p50} p99 {p99}"
+        );
     }
     assert!(summary.agrees_with_traffic());
     // All five (service, direction) pairs of the demo's call graph carried traffic.
@@ -43,7 +60,10 @@ async fn demo_runs_and_its_summary_matches_its_traffic() {
         ("sequencing", "inbound"),
         ("storage", "inbound"),
     ] {
-        assert!(summary.row(svc, dir).is_some_and(|r| r.requests > 0), "{svc} {dir} saw traffic");
+        assert!(
+            summary.row(svc, dir).is_some_and(|r| r.requests > 0),
+            "{svc} {dir} saw traffic"
+        );
     }
 }
 
@@ -55,6 +75,8 @@ async fn demo_rejects_a_bad_duration() {
         keep_running: false,
         quiet: true,
     };
-    let err = tracseq_proxy::demo::run(args).await.expect_err("bad duration");
+    let err = tracseq_proxy::demo::run(args)
+        .await
+        .expect_err("bad duration");
     assert!(err.to_string().contains("--duration"), "{err}");
 }

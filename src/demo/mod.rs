@@ -28,15 +28,27 @@ use crate::config::{cli::DemoArgs, parse_duration, Config, Peer};
 /// inbound port of the services it calls.
 const SERVICES: [(Profile, &[&str]); 3] = [
     (
-        Profile { name: "storage", error_percent: 1, latency_us: (300, 2_000) },
+        Profile {
+            name: "storage",
+            error_percent: 1,
+            latency_us: (300, 2_000),
+        },
         &[],
     ),
     (
-        Profile { name: "sequencing", error_percent: 8, latency_us: (2_000, 15_000) },
+        Profile {
+            name: "sequencing",
+            error_percent: 8,
+            latency_us: (2_000, 15_000),
+        },
         &["storage"],
     ),
     (
-        Profile { name: "samples", error_percent: 3, latency_us: (500, 5_000) },
+        Profile {
+            name: "samples",
+            error_percent: 3,
+            latency_us: (500, 5_000),
+        },
         &["sequencing", "storage"],
     ),
 ];
@@ -47,11 +59,36 @@ const FRONTEND_PEERS: &[&str] = &["samples", "sequencing"];
 
 /// Who calls whom, and how much.
 const FLOWS: [Flow; 5] = [
-    Flow { caller: FRONTEND, callee: "samples", path: "/api/samples", weight: 4 },
-    Flow { caller: FRONTEND, callee: "sequencing", path: "/api/runs", weight: 2 },
-    Flow { caller: "samples", callee: "sequencing", path: "/api/runs", weight: 1 },
-    Flow { caller: "samples", callee: "storage", path: "/api/locations", weight: 2 },
-    Flow { caller: "sequencing", callee: "storage", path: "/api/locations", weight: 2 },
+    Flow {
+        caller: FRONTEND,
+        callee: "samples",
+        path: "/api/samples",
+        weight: 4,
+    },
+    Flow {
+        caller: FRONTEND,
+        callee: "sequencing",
+        path: "/api/runs",
+        weight: 2,
+    },
+    Flow {
+        caller: "samples",
+        callee: "sequencing",
+        path: "/api/runs",
+        weight: 1,
+    },
+    Flow {
+        caller: "samples",
+        callee: "storage",
+        path: "/api/locations",
+        weight: 2,
+    },
+    Flow {
+        caller: "sequencing",
+        callee: "storage",
+        path: "/api/locations",
+        weight: 2,
+    },
 ];
 
 /// How long the summary waits for the sidecars' counts to settle after the last response.
@@ -95,8 +132,14 @@ async fn run_mesh(
         let running = crate::app::start(cfg)
             .await
             .with_context(|| format!("starting the {} sidecar", profile.name))?;
-        inbound.insert(profile.name, running.inbound.context("no inbound listener")?);
-        outbound.insert(profile.name, running.outbound.context("no outbound listener")?);
+        inbound.insert(
+            profile.name,
+            running.inbound.context("no inbound listener")?,
+        );
+        outbound.insert(
+            profile.name,
+            running.outbound.context("no outbound listener")?,
+        );
         admins.insert(profile.name, running.admin);
         if !args.quiet {
             println!(
@@ -114,7 +157,9 @@ async fn run_mesh(
     let mut cfg = Config::defaults();
     cfg.listen = None;
     configure(&mut cfg, FRONTEND, FRONTEND_PEERS, &inbound, tls)?;
-    let frontend = crate::app::start(cfg).await.context("starting the frontend sidecar")?;
+    let frontend = crate::app::start(cfg)
+        .await
+        .context("starting the frontend sidecar")?;
     outbound.insert(FRONTEND, frontend.outbound.context("no outbound listener")?);
     admins.insert(FRONTEND, frontend.admin);
     sidecars.push(frontend);
@@ -127,7 +172,11 @@ async fn run_mesh(
             "demo: sending {} req/s for {:?} ({})",
             args.rate,
             duration,
-            if tls.is_some() { "mTLS between sidecars" } else { "plain HTTP between sidecars" }
+            if tls.is_some() {
+                "mTLS between sidecars"
+            } else {
+                "plain HTTP between sidecars"
+            }
         );
     }
 

@@ -76,7 +76,11 @@ impl fmt::Display for Summary {
             "RED summary from the sidecars' /metrics ({} requests in {:.1}s, {}):",
             total.requests,
             self.duration.as_secs_f64(),
-            if self.mtls { "mTLS between sidecars" } else { "plain HTTP between sidecars" }
+            if self.mtls {
+                "mTLS between sidecars"
+            } else {
+                "plain HTTP between sidecars"
+            }
         )?;
         writeln!(
             f,
@@ -98,7 +102,11 @@ impl fmt::Display for Summary {
             )?;
         }
         if self.sent.transport_failures > 0 {
-            writeln!(f, "({} requests got no answer)", self.sent.transport_failures)?;
+            writeln!(
+                f,
+                "({} requests got no answer)",
+                self.sent.transport_failures
+            )?;
         }
         Ok(())
     }
@@ -148,7 +156,11 @@ async fn scrape(admin: SocketAddr) -> anyhow::Result<String> {
     let resp = tokio::time::timeout(Duration::from_secs(5), client.get(uri))
         .await
         .context("scraping /metrics timed out")??;
-    anyhow::ensure!(resp.status().is_success(), "/metrics answered {}", resp.status());
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "/metrics answered {}",
+        resp.status()
+    );
     let body = resp.into_body().collect().await?.to_bytes();
     Ok(String::from_utf8_lossy(&body).into_owned())
 }
@@ -173,7 +185,11 @@ fn parse_line(line: &str) -> Option<Sample> {
     let (name, labels, rest) = match line.find('{') {
         Some(open) => {
             let close = line.rfind('}')?;
-            (&line[..open], parse_labels(&line[open + 1..close])?, &line[close + 1..])
+            (
+                &line[..open],
+                parse_labels(&line[open + 1..close])?,
+                &line[close + 1..],
+            )
         }
         None => {
             let (n, r) = line.split_once(' ')?;
@@ -185,7 +201,11 @@ fn parse_line(line: &str) -> Option<Sample> {
         "-Inf" => f64::NEG_INFINITY,
         v => v.parse().ok()?,
     };
-    Some(Sample { name: name.trim().to_string(), labels, value })
+    Some(Sample {
+        name: name.trim().to_string(),
+        labels,
+        value,
+    })
 }
 
 fn parse_labels(s: &str) -> Option<BTreeMap<String, String>> {
@@ -241,7 +261,11 @@ pub fn rows_for(service: &str, text: &str, duration: Duration) -> Vec<Row> {
                 continue;
             };
             // Keyed by the bound's bits: f64 is not Ord, positive floats sort like their bits.
-            let e = buckets.entry(direction).or_default().entry(le.to_bits()).or_insert((le, 0.0));
+            let e = buckets
+                .entry(direction)
+                .or_default()
+                .entry(le.to_bits())
+                .or_insert((le, 0.0));
             e.1 += s.value;
         }
     }
@@ -310,7 +334,10 @@ mod tests {
         let q = histogram_quantile(0.75, &b).expect("q");
         assert!((q - 0.015).abs() < 1e-12);
         assert_eq!(histogram_quantile(0.5, &[(f64::INFINITY, 0.0)]), None);
-        assert_eq!(histogram_quantile(0.99, &[(1.0, 0.0), (f64::INFINITY, 5.0)]), Some(1.0));
+        assert_eq!(
+            histogram_quantile(0.99, &[(1.0, 0.0), (f64::INFINITY, 5.0)]),
+            Some(1.0)
+        );
     }
 
     #[test]
@@ -325,7 +352,10 @@ mod tests {
         let rows = rows_for("samples", text, Duration::from_secs(2));
         assert_eq!(rows.len(), 1);
         let r = &rows[0];
-        assert_eq!((r.requests, r.errors, r.direction.as_str()), (10, 2, "inbound"));
+        assert_eq!(
+            (r.requests, r.errors, r.direction.as_str()),
+            (10, 2, "inbound")
+        );
         assert!((r.rate - 5.0).abs() < 1e-9);
         assert!(r.p50.is_some_and(|p| p > 0.0 && p <= 0.01));
         assert_eq!(r.p99, Some(0.01));
