@@ -93,6 +93,8 @@ const FLOWS: [Flow; 5] = [
 
 /// How long the summary waits for the sidecars' counts to settle after the last response.
 const SETTLE: Duration = Duration::from_secs(3);
+/// Trust domain of the demo's CA: identities are `spiffe://tracseq.local/<service>`.
+const TRUST_DOMAIN: &str = "tracseq.local";
 /// Drain bound of the demo's sidecars: the demo's connections are idle at the end.
 const DRAIN: Duration = Duration::from_secs(2);
 
@@ -225,7 +227,12 @@ fn configure(
     cfg.drain_timeout = DRAIN;
     for callee in callees {
         let addr = inbound.get(callee).context("callee started first")?;
-        let peer: Peer = format!("{callee}=127.0.0.1:{}", addr.port())
+        // With mTLS the peer must present the callee's SPIFFE identity (the address is
+        // loopback, so there is no DNS name to check instead).
+        let identity = tls
+            .map(|_| format!("#{}", MeshTls::identity(callee)))
+            .unwrap_or_default();
+        let peer: Peer = format!("{callee}=127.0.0.1:{}{identity}", addr.port())
             .parse()
             .map_err(|e: String| anyhow::anyhow!(e))?;
         cfg.peers.push(peer);
@@ -247,6 +254,11 @@ struct MeshTls {
 
 #[allow(dead_code)] // TODO(merge): used once mesh_tls is enabled.
 impl MeshTls {
+    /// The SPIFFE identity `DevCa::issue` puts in a service's certificate.
+    fn identity(service: &str) -> String {
+        format!("spiffe://{TRUST_DOMAIN}/{service}")
+    }
+
     fn apply(&self, cfg: &mut Config, service: &str) {
         cfg.tls.cert = Some(self.dir.join(format!("{service}.pem")));
         cfg.tls.key = Some(self.dir.join(format!("{service}-key.pem")));
@@ -259,11 +271,12 @@ impl MeshTls {
 /// `None` means the mesh runs plain HTTP.
 fn mesh_tls(dir: &Path, services: &[&str]) -> anyhow::Result<Option<MeshTls>> {
     // TODO(merge): enable when tls::certs lands (tracseq_proxy::tls::certs from the mTLS
-    // branch). Replace the two lines after this comment block with:
+    // branch). Replace the two lines after this comment block with the block (checked on a
+    // scratch merge with the mtls branch: tests/demo.rs passes with mTLS between sidecars):
     //
     // use crate::tls::certs::{write_service, DevCa};
     // const DAY: Duration = Duration::from_secs(86_400);
-    // let ca = DevCa::new("tracseq.local", DAY)?;
+    // let ca = DevCa::new(TRUST_DOMAIN, DAY)?;
     // std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
     // for service in services {
     //     let cert = ca.issue(service, DAY)?;
