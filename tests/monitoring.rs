@@ -244,3 +244,86 @@ fn grafana_dashboard_parses_and_every_panel_has_a_query() {
     assert!(ds.contains("uid: prometheus"));
     assert!(repo("monitoring/grafana/provisioning/dashboards/provider.yml").exists());
 }
+
+/// `(indent, trimmed line)` of the resolved compose file's block for one service.
+fn compose_service_block(resolved: &str, service: &str) -> Vec<(usize, String)> {
+    let header = format!("  {service}:");
+    resolved
+        .lines()
+        .skip_while(|l| *l != header)
+        .skip(1)
+        .take_while(|l| l.starts_with("   ") || l.trim().is_empty())
+        .map(|l| (l.len() - l.trim_start().len(), l.trim().to_string()))
+        .collect()
+}
+
+fn unquote(v: &str) -> String {
+    v.trim().trim_matches(|c| c == '"' || c == '\'').to_string()
+}
+
+#[test]
+fn compose_sidecar_settings_and_certs_command_parse_as_the_cli_would() {
+    use tracseq_proxy::config::{try_from_args, Invocation};
+    require_tool("docker-compose", COMPOSE_HINT);
+    let resolved = run_ok(
+        Command::new("docker-compose")
+            .arg("-f")
+            .arg(repo("deploy/docker-compose.yml"))
+            .arg("config"),
+    );
+    for (service, peers) in [("samples", 2), ("sequencing", 1), ("storage", 0)] {
+        let block = compose_service_block(&resolved, &format!("{service}-proxy"));
+        // Every TRACSEQ_PROXY_* variable as the flag it stands for (CONTRACT.md: dashes become
+        // underscores); a misspelt variable becomes an unknown flag and fails here.
+        let mut args = vec!["tracseq-proxy".to_string()];
+        let mut in_env = false;
+        for (indent, line) in &block {
+            if *indent == 4 {
+                in_env = line == "environment:";
+                continue;
+            }
+            let Some((key, value)) = line.split_once(": ").filter(|_| in_env) else {
+                continue;
+            };
+            let flag = key.strip_prefix("TRACSEQ_PROXY_").unwrap_or_else(|| {
+                panic!("{service}: sidecar variable {key} is not TRACSEQ_PROXY_*")
+            });
+            args.push(format!("--{}", flag.to_lowercase().replace('_', "-")));
+            args.push(unquote(value));
+        }
+        assert!(
+            args.len() > 20,
+            "{service}: sidecar environment not found: {args:?}"
+        );
+        match try_from_args(&args) {
+            Ok(Invocation::Run(cfg)) => {
+                assert_eq!(cfg.peers.len(), peers, "{service} peers");
+                assert!(cfg.tls.cert.is_some() && cfg.tls.key.is_some() && cfg.tls.ca.is_some());
+                assert_eq!(cfg.otlp_endpoint.as_deref(), Some("http://jaeger:4317"));
+                assert_eq!(cfg.admin.port(), 9901);
+            }
+            Ok(_) => panic!("{service}: not a sidecar invocation"),
+            Err(e) => panic!("{service}: compose settings rejected: {e}\n{args:?}"),
+        }
+    }
+    let certs = compose_service_block(&resolved, "certs");
+    let mut args = vec!["tracseq-proxy".to_string()];
+    args.extend(
+        certs
+            .iter()
+            .skip_while(|(_, l)| l != "command:")
+            .skip(1)
+            .take_while(|(_, l)| l.starts_with("- "))
+            .map(|(_, l)| unquote(&l[2..])),
+    );
+    assert!(
+        matches!(try_from_args(&args), Ok(Invocation::Certs(_))),
+        "certs job command does not parse: {args:?}"
+    );
+    for service in ["samples", "sequencing", "storage"] {
+        assert!(
+            args.contains(&service.to_string()),
+            "certs job issues {service}"
+        );
+    }
+}
