@@ -28,7 +28,7 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             match rt.block_on(tracseq_proxy::demo::run(args)) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(_summary) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("tracseq-proxy demo: {e:#}");
                     ExitCode::from(1)
