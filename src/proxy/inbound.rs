@@ -67,6 +67,7 @@ pub fn stack(
             Direction::Inbound,
             metrics.clone(),
         ))
+        .layer(crate::layers::retry::RetryLayer::new(cfg, Direction::Inbound))
         .service(Forward::new(
             Direction::Inbound,
             H2Policy::GrpcOnly,

@@ -59,6 +59,7 @@ pub fn stack(
             Direction::Outbound,
             metrics.clone(),
         ))
+        .layer(crate::layers::retry::RetryLayer::new(cfg, Direction::Outbound))
         .service(Forward::new(
             Direction::Outbound,
             H2Policy::FollowDownstream,
