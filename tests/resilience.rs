@@ -12,7 +12,9 @@ use support::*;
 use tracseq_proxy::config::{Config, RateLimitKey, RateLimitMode};
 
 fn get_req(url: &str) -> Request<Full<Bytes>> {
-    Request::get(url).body(Full::new(Bytes::new())).expect("request")
+    Request::get(url)
+        .body(Full::new(Bytes::new()))
+        .expect("request")
 }
 
 async fn statuses(client: &TestClient, url: &str, n: usize) -> Vec<Collected> {
@@ -42,24 +44,47 @@ async fn a_burst_beyond_the_limit_gets_exactly_the_expected_429s() {
     assert_eq!(up.count(), 5, "rejected requests never reach the app");
     for a in &answers[5..] {
         assert_eq!(a.header("tracseq-proxy-error"), Some("rate-limited"));
-        let ra: u64 = a.header("retry-after").expect("Retry-After").parse().expect("seconds");
+        let ra: u64 = a
+            .header("retry-after")
+            .expect("Retry-After")
+            .parse()
+            .expect("seconds");
         assert!((1..=6).contains(&ra), "Retry-After {ra}");
         assert_eq!(a.header("ratelimit-policy"), Some("\"default\";q=10;w=60"));
-        assert_eq!(a.header("ratelimit"), Some(format!("\"default\";r=0;t={ra}").as_str()));
+        assert_eq!(
+            a.header("ratelimit"),
+            Some(format!("\"default\";r=0;t={ra}").as_str())
+        );
         assert!(a.header("x-request-id").is_some());
     }
     let m = proxy.metrics().await;
     let inbound = [("direction", "inbound")];
-    assert_eq!(m.sum("tracseq_proxy_rate_limited_total", &[("direction", "inbound"), ("mode", "enforce")]), 3.0);
-    assert_eq!(m.sum("tracseq_proxy_rate_limited_total", &[("mode", "shadow")]), 0.0);
     assert_eq!(
         m.sum(
-            "http_server_request_duration_seconds_count",
-            &[("direction", "inbound"), ("http_response_status_code", "429"), ("error_type", "rate-limited")]
+            "tracseq_proxy_rate_limited_total",
+            &[("direction", "inbound"), ("mode", "enforce")]
         ),
         3.0
     );
-    assert_eq!(m.sum("http_server_request_duration_seconds_count", &inbound), 8.0);
+    assert_eq!(
+        m.sum("tracseq_proxy_rate_limited_total", &[("mode", "shadow")]),
+        0.0
+    );
+    assert_eq!(
+        m.sum(
+            "http_server_request_duration_seconds_count",
+            &[
+                ("direction", "inbound"),
+                ("http_response_status_code", "429"),
+                ("error_type", "rate-limited")
+            ]
+        ),
+        3.0
+    );
+    assert_eq!(
+        m.sum("http_server_request_duration_seconds_count", &inbound),
+        8.0
+    );
     assert!(proxy.shutdown().await);
 }
 
@@ -73,8 +98,17 @@ async fn shadow_mode_rejects_none_but_counts() {
     assert!(answers.iter().all(|a| a.status == 200));
     assert_eq!(up.count(), 8);
     let m = proxy.metrics().await;
-    assert_eq!(m.sum("tracseq_proxy_rate_limited_total", &[("direction", "inbound"), ("mode", "shadow")]), 3.0);
-    assert_eq!(m.sum("tracseq_proxy_rate_limited_total", &[("mode", "enforce")]), 0.0);
+    assert_eq!(
+        m.sum(
+            "tracseq_proxy_rate_limited_total",
+            &[("direction", "inbound"), ("mode", "shadow")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        m.sum("tracseq_proxy_rate_limited_total", &[("mode", "enforce")]),
+        0.0
+    );
     assert!(proxy.shutdown().await);
 }
 
@@ -114,29 +148,45 @@ async fn a_failing_upstream_opens_the_circuit_and_it_closes_after_recovery() {
     let proxy = start(cfg).await;
     let client = h1_client();
     let failing = statuses(&client, &proxy.inbound_url("/status/500"), 3).await;
-    assert!(failing.iter().all(|a| a.status == 500 && a.header("tracseq-proxy-error").is_none()));
+    assert!(failing
+        .iter()
+        .all(|a| a.status == 500 && a.header("tracseq-proxy-error").is_none()));
     let seen = up.count();
     let upstream_label = up.addr.to_string();
     let m = proxy.metrics().await;
-    let labels = [("direction", "inbound"), ("upstream", upstream_label.as_str())];
+    let labels = [
+        ("direction", "inbound"),
+        ("upstream", upstream_label.as_str()),
+    ];
     assert_eq!(m.sum("tracseq_proxy_circuit_breaker_state", &labels), 1.0);
 
     for _ in 0..5 {
         let t = Instant::now();
-        let a = send(&client, get_req(&proxy.inbound_url("/status/200"))).await.expect("answer");
+        let a = send(&client, get_req(&proxy.inbound_url("/status/200")))
+            .await
+            .expect("answer");
         let took = t.elapsed();
         assert_eq!(a.status, 503);
         assert_eq!(a.header("tracseq-proxy-error"), Some("circuit-open"));
         assert_eq!(a.header("retry-after"), Some("1"));
         // Generous: the strict sub-millisecond figure is measured in benches/policies.rs.
-        assert!(took < Duration::from_millis(50), "open circuit answered in {took:?}");
+        assert!(
+            took < Duration::from_millis(50),
+            "open circuit answered in {took:?}"
+        );
     }
-    assert_eq!(up.count(), seen, "an open circuit does not touch the upstream");
+    assert_eq!(
+        up.count(),
+        seen,
+        "an open circuit does not touch the upstream"
+    );
 
     // After the backoff (100..125ms) a probe goes through and closes the circuit.
     let deadline = Instant::now() + WAIT;
     loop {
-        let a = send(&client, get_req(&proxy.inbound_url("/status/200"))).await.expect("answer");
+        let a = send(&client, get_req(&proxy.inbound_url("/status/200")))
+            .await
+            .expect("answer");
         if a.status == 200 {
             break;
         }
@@ -155,11 +205,23 @@ async fn a_failing_upstream_opens_the_circuit_and_it_closes_after_recovery() {
     assert_eq!(
         m.sum(
             "http_server_request_duration_seconds_count",
-            &[("direction", "inbound"), ("http_response_status_code", "503"), ("error_type", "circuit-open")]
+            &[
+                ("direction", "inbound"),
+                ("http_response_status_code", "503"),
+                ("error_type", "circuit-open")
+            ]
         ),
-        m.sum("http_server_request_duration_seconds_count", &[("error_type", "circuit-open")])
+        m.sum(
+            "http_server_request_duration_seconds_count",
+            &[("error_type", "circuit-open")]
+        )
     );
-    assert!(m.sum("http_server_request_duration_seconds_count", &[("error_type", "circuit-open")]) >= 5.0);
+    assert!(
+        m.sum(
+            "http_server_request_duration_seconds_count",
+            &[("error_type", "circuit-open")]
+        ) >= 5.0
+    );
     assert!(proxy.shutdown().await);
 }
 
@@ -173,7 +235,9 @@ async fn request_timeouts_count_as_failures() {
     let client = h1_client();
     let slow = statuses(&client, &proxy.inbound_url("/slow/2000"), 2).await;
     assert!(slow.iter().all(|a| a.status == 504));
-    let a = send(&client, get_req(&proxy.inbound_url("/echo"))).await.expect("answer");
+    let a = send(&client, get_req(&proxy.inbound_url("/echo")))
+        .await
+        .expect("answer");
     assert_eq!(a.status, 503);
     assert_eq!(a.header("tracseq-proxy-error"), Some("circuit-open"));
     assert!(proxy.shutdown().await);
@@ -206,10 +270,15 @@ async fn shedding_at_the_concurrency_limit() {
         .collect();
     let deadline = Instant::now() + WAIT;
     while up.count() < 2 {
-        assert!(Instant::now() < deadline, "the slow requests did not arrive");
+        assert!(
+            Instant::now() < deadline,
+            "the slow requests did not arrive"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let shed = send(&h1_client(), get_req(&proxy.inbound_url("/echo"))).await.expect("answer");
+    let shed = send(&h1_client(), get_req(&proxy.inbound_url("/echo")))
+        .await
+        .expect("answer");
     assert_eq!(shed.status, 503);
     assert_eq!(shed.header("tracseq-proxy-error"), Some("overloaded"));
     assert_eq!(shed.header("retry-after"), Some("1"));
@@ -217,17 +286,35 @@ async fn shedding_at_the_concurrency_limit() {
         assert_eq!(h.await.expect("task").expect("slow answer").status, 200);
     }
     // Capacity is back once the bodies ended.
-    let ok = send(&h1_client(), get_req(&proxy.inbound_url("/echo"))).await.expect("answer");
+    let ok = send(&h1_client(), get_req(&proxy.inbound_url("/echo")))
+        .await
+        .expect("answer");
     assert_eq!(ok.status, 200);
     let m = proxy.metrics().await;
-    assert_eq!(m.sum("tracseq_proxy_load_shed_total", &[("direction", "inbound")]), 1.0);
+    assert_eq!(
+        m.sum("tracseq_proxy_load_shed_total", &[("direction", "inbound")]),
+        1.0
+    );
+    assert_eq!(
+        m.sum(
+            "http_server_request_duration_seconds_count",
+            &[
+                ("direction", "inbound"),
+                ("http_response_status_code", "503"),
+                ("error_type", "overloaded")
+            ]
+        ),
+        1.0
+    );
     assert_eq!(up.count(), 3);
     assert!(proxy.shutdown().await);
 }
 
 /// A port nothing listens on: connecting is refused.
 async fn refused_port() -> u16 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     l.local_addr().expect("addr").port()
 }
 
@@ -245,7 +332,11 @@ async fn a_get_to_a_refusing_peer_is_retried_once_a_post_never() {
     let attempts = |m: &Metrics, method| {
         m.sum(
             "http_client_request_duration_seconds_count",
-            &[("direction", "outbound"), ("http_request_method", method), ("server_address", "down")],
+            &[
+                ("direction", "outbound"),
+                ("http_request_method", method),
+                ("server_address", "down"),
+            ],
         )
     };
     let with_host = |method: http::Method, body: &'static str| {
@@ -256,12 +347,34 @@ async fn a_get_to_a_refusing_peer_is_retried_once_a_post_never() {
             .body(Full::new(Bytes::from_static(body.as_bytes())))
             .expect("request")
     };
-    assert_eq!(send(&client, with_host(http::Method::GET, "")).await.expect("GET").status, 502);
-    assert_eq!(send(&client, with_host(http::Method::POST, "")).await.expect("POST").status, 502);
-    assert_eq!(send(&client, with_host(http::Method::PUT, "data")).await.expect("PUT").status, 502);
+    assert_eq!(
+        send(&client, with_host(http::Method::GET, ""))
+            .await
+            .expect("GET")
+            .status,
+        502
+    );
+    assert_eq!(
+        send(&client, with_host(http::Method::POST, ""))
+            .await
+            .expect("POST")
+            .status,
+        502
+    );
+    assert_eq!(
+        send(&client, with_host(http::Method::PUT, "data"))
+            .await
+            .expect("PUT")
+            .status,
+        502
+    );
     let m = proxy.metrics().await;
     assert_eq!(attempts(&m, "GET"), 2.0, "GET: first attempt + one retry");
     assert_eq!(attempts(&m, "POST"), 1.0, "POST is never retried");
-    assert_eq!(attempts(&m, "PUT"), 1.0, "a request with a body is not replayed");
+    assert_eq!(
+        attempts(&m, "PUT"),
+        1.0,
+        "a request with a body is not replayed"
+    );
     assert!(proxy.shutdown().await);
 }

@@ -190,11 +190,18 @@ fn breaker_reopens_with_longer_backoff_capped_at_max() {
 #[test]
 fn breaker_jitter_stays_within_a_quarter() {
     let clock = ManualClock::default();
-    let b = CircuitBreaker::new(1, (Duration::from_secs(1), Duration::from_secs(60)), Arc::new(clock.clone()))
-        .with_jitter(|| 0.999);
+    let b = CircuitBreaker::new(
+        1,
+        (Duration::from_secs(1), Duration::from_secs(60)),
+        Arc::new(clock.clone()),
+    )
+    .with_jitter(|| 0.999);
     fail(&b, 1);
     let d = b.last_backoff();
-    assert!(d > Duration::from_millis(1240) && d <= Duration::from_millis(1250), "{d:?}");
+    assert!(
+        d > Duration::from_millis(1240) && d <= Duration::from_millis(1250),
+        "{d:?}"
+    );
 }
 
 #[test]

@@ -87,6 +87,9 @@ async fn distinct_clients_through_the_proxy_each_get_their_own_bucket() {
     let grown = rss_bytes().saturating_sub(before);
     assert!(grown < 64 << 20, "RSS grew by {} MiB", grown >> 20);
     let m = proxy.metrics().await;
-    assert_eq!(m.sum("tracseq_proxy_rate_limited_total", &[("mode", "enforce")]), 1.0);
+    assert_eq!(
+        m.sum("tracseq_proxy_rate_limited_total", &[("mode", "enforce")]),
+        1.0
+    );
     assert!(proxy.shutdown().await);
 }

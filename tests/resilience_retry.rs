@@ -54,13 +54,21 @@ impl tower::Service<Request<Body>> for RefuseFirst {
 }
 
 async fn refused_authority() -> http::uri::Authority {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = l.local_addr().expect("addr");
     drop(l);
     addr.to_string().parse().expect("authority")
 }
 
-async fn harness(refuse: usize, retries: u32) -> (impl tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone, Arc<AtomicUsize>) {
+async fn harness(
+    refuse: usize,
+    retries: u32,
+) -> (
+    impl tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone,
+    Arc<AtomicUsize>,
+) {
     let mut reg = Registry::default();
     let metrics = HttpMetrics::register(&mut reg);
     let forward = Forward::new(
@@ -105,7 +113,10 @@ async fn a_get_survives_one_connect_failure_by_retry() {
         .await
         .expect("the retry reached the upstream");
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.extensions().get::<ResendCount>(), Some(&ResendCount(1)));
+    assert_eq!(
+        resp.extensions().get::<ResendCount>(),
+        Some(&ResendCount(1))
+    );
     assert_eq!(resp.headers()["x-upstream-path"], "/retried");
     let _ = resp.into_body().collect().await;
     assert_eq!(calls.load(Ordering::SeqCst), 2);
@@ -133,7 +144,10 @@ async fn retries_stop_at_the_configured_count() {
         .oneshot(request(&up, http::Method::DELETE, body::empty()))
         .await
         .expect_err("every attempt refused");
-    assert_eq!(kind_of(err.as_ref()), ErrorKind::UpstreamUnavailable(UpstreamFailure::Connect));
+    assert_eq!(
+        kind_of(err.as_ref()),
+        ErrorKind::UpstreamUnavailable(UpstreamFailure::Connect)
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     assert_eq!(up.count(), 0);
 }
@@ -147,7 +161,10 @@ async fn a_post_and_a_request_with_a_body_are_not_retried() {
         .oneshot(request(&up, http::Method::POST, body::empty()))
         .await
         .expect_err("POST is not retried");
-    assert_eq!(kind_of(err.as_ref()), ErrorKind::UpstreamUnavailable(UpstreamFailure::Connect));
+    assert_eq!(
+        kind_of(err.as_ref()),
+        ErrorKind::UpstreamUnavailable(UpstreamFailure::Connect)
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     let (svc, calls) = harness(1, 1).await;
     let _ = svc
@@ -172,11 +189,21 @@ async fn policy_metrics_are_exposed_once_and_pass_promtool() {
         "tracseq_proxy_circuit_breaker_state",
         "tracseq_proxy_circuit_breaker_transitions_total",
     ] {
-        let types = m.text.lines().filter(|l| l.starts_with(&format!("# TYPE {family} "))).count();
+        let types = m
+            .text
+            .lines()
+            .filter(|l| l.starts_with(&format!("# TYPE {family} ")))
+            .count();
         assert_eq!(types, 1, "{family} declared {types} times");
     }
     assert!(m.has_family("tracseq_proxy_circuit_breaker_state"));
-    assert_eq!(m.sum("tracseq_proxy_load_shed_total", &[("direction", "outbound")]), 0.0);
+    assert_eq!(
+        m.sum(
+            "tracseq_proxy_load_shed_total",
+            &[("direction", "outbound")]
+        ),
+        0.0
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("metrics.txt");
     std::fs::write(&path, &m.text).expect("write");
@@ -185,7 +212,8 @@ async fn policy_metrics_are_exposed_once_and_pass_promtool() {
         .arg(format!("promtool check metrics < {}", path.display()))
         .output()
         .expect("promtool runs");
-    let report = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let report =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(
         !report.contains("tracseq_proxy_rate_limited")
             && !report.contains("tracseq_proxy_load_shed")

@@ -89,6 +89,8 @@ pub struct CircuitBreaker {
     gauge: Gauge,
     /// Transition counters by target state: closed, open, half-open.
     to: [Counter; 3],
+    /// For logs: which circuit this is.
+    name: (&'static str, &'static str),
 }
 
 impl CircuitBreaker {
@@ -108,6 +110,7 @@ impl CircuitBreaker {
             jitter: rand::random::<f64>,
             gauge: Gauge::default(),
             to: Default::default(),
+            name: ("", ""),
         }
     }
 
@@ -117,7 +120,8 @@ impl CircuitBreaker {
         self
     }
 
-    fn with_metrics(mut self, gauge: Gauge, to: [Counter; 3]) -> Self {
+    fn with_metrics(mut self, labels: &UpstreamLabels, gauge: Gauge, to: [Counter; 3]) -> Self {
+        self.name = (labels.direction.as_str(), labels.upstream);
         self.gauge = gauge;
         self.to = to;
         self
@@ -236,7 +240,13 @@ impl CircuitBreaker {
                 State::HalfOpen { .. } => 2,
             };
             self.to[i].inc();
-            tracing::info!(to = state.name(), "circuit breaker transition");
+            let (direction, upstream) = self.name;
+            tracing::info!(
+                direction,
+                upstream,
+                to = state.name(),
+                "circuit breaker transition"
+            );
         }
     }
 }
@@ -286,10 +296,11 @@ impl Breakers {
 
     fn build(&self, upstream: &'static str) -> CircuitBreaker {
         let (direction, m) = (self.direction, &self.metrics);
-        let gauge = m
-            .breaker_state
-            .get_or_create(&UpstreamLabels { direction, upstream })
-            .clone();
+        let labels = UpstreamLabels {
+            direction,
+            upstream,
+        };
+        let gauge = m.breaker_state.get_or_create(&labels).clone();
         let to = ["closed", "open", "half-open"].map(|to| {
             m.breaker_transitions
                 .get_or_create(&TransitionLabels {
@@ -299,7 +310,8 @@ impl Breakers {
                 })
                 .clone()
         });
-        CircuitBreaker::new(self.threshold, self.backoff, self.clock.clone()).with_metrics(gauge, to)
+        CircuitBreaker::new(self.threshold, self.backoff, self.clock.clone())
+            .with_metrics(&labels, gauge, to)
     }
 }
 
@@ -351,7 +363,10 @@ where
 {
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = futures_util::future::Either<S::Future, BoxFuture<'static, Result<Response<Body>, BoxError>>>;
+    type Future = futures_util::future::Either<
+        S::Future,
+        BoxFuture<'static, Result<Response<Body>, BoxError>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)

@@ -75,7 +75,10 @@ pub enum LimitMode {
 }
 
 impl EncodeLabelValue for LimitMode {
-    fn encode(&self, e: &mut prometheus_client::encoding::LabelValueEncoder<'_>) -> std::fmt::Result {
+    fn encode(
+        &self,
+        e: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> std::fmt::Result {
         use std::fmt::Write;
         e.write_str(match self {
             Self::Enforce => "enforce",
@@ -217,17 +220,15 @@ impl Policies {
                 direction,
                 metrics.clone(),
             ),
-            breaker: BreakerLayer::new(
-                (cfg.breaker_failures > 0).then(|| {
-                    Arc::new(Breakers::new(
-                        cfg.breaker_failures,
-                        cfg.breaker_backoff,
-                        direction,
-                        metrics,
-                        Arc::new(SystemClock::default()),
-                    ))
-                }),
-            ),
+            breaker: BreakerLayer::new((cfg.breaker_failures > 0).then(|| {
+                Arc::new(Breakers::new(
+                    cfg.breaker_failures,
+                    cfg.breaker_backoff,
+                    direction,
+                    metrics,
+                    Arc::new(SystemClock::default()),
+                ))
+            })),
         }
     }
 }

@@ -201,10 +201,7 @@ impl<C: GovClock + Clone> RateLimiter<C> {
                 full: full.clone(),
                 ..BoundedStore::default()
             };
-            (
-                Keyed::new(p.quota, store, clock.clone()),
-                p,
-            )
+            (Keyed::new(p.quota, store, clock.clone()), p)
         });
         let origin = clock.now();
         Some(Self {

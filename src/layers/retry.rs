@@ -127,7 +127,10 @@ pub struct RetryLayer {
 
 impl RetryLayer {
     pub fn new(cfg: &Config, _direction: Direction) -> Self {
-        Self::with_budget(cfg.retries, Arc::new(Budget::new(Arc::new(SystemClock::default()))))
+        Self::with_budget(
+            cfg.retries,
+            Arc::new(Budget::new(Arc::new(SystemClock::default()))),
+        )
     }
 
     pub fn with_budget(max: u32, budget: Arc<Budget>) -> Self {
@@ -187,9 +190,7 @@ where
             loop {
                 match res {
                     Err(e)
-                        if attempt < layer.max
-                            && never_sent(&e)
-                            && layer.budget.try_withdraw() =>
+                        if attempt < layer.max && never_sent(&e) && layer.budget.try_withdraw() =>
                     {
                         attempt += 1;
                         tracing::debug!(attempt, error = %e, "retrying a request that was never sent");
@@ -211,7 +212,10 @@ where
 
 /// Boxed before any async block holds it: rustc cannot prove an async block holding a
 /// generic `S::Future` is Send for every lifetime.
-fn boxed_call<S>(svc: &mut S, req: Request<Body>) -> BoxFuture<'static, Result<Response<Body>, BoxError>>
+fn boxed_call<S>(
+    svc: &mut S,
+    req: Request<Body>,
+) -> BoxFuture<'static, Result<Response<Body>, BoxError>>
 where
     S: tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError>,
     S::Future: Send + 'static,
