@@ -378,3 +378,58 @@ async fn a_get_to_a_refusing_peer_is_retried_once_a_post_never() {
     );
     assert!(proxy.shutdown().await);
 }
+
+#[tokio::test]
+async fn outbound_circuits_are_per_peer() {
+    let up = Upstream::start().await;
+    let port = refused_port().await;
+    let mut cfg = config(up.addr);
+    cfg.peers = vec![
+        format!("down=127.0.0.1:{port}").parse().expect("peer"),
+        format!("up=127.0.0.1:{}", up.addr.port())
+            .parse()
+            .expect("peer"),
+    ];
+    cfg.breaker_failures = 2;
+    cfg.retries = 0;
+    let proxy = start(cfg).await;
+    let out = proxy.outbound_addr();
+    let client = h1_client();
+    let to = |peer: &'static str| {
+        Request::get(format!("http://{out}/x"))
+            .header("host", peer)
+            .body(Full::new(Bytes::new()))
+            .expect("request")
+    };
+    for _ in 0..2 {
+        let a = send(&client, to("down")).await.expect("answer");
+        assert_eq!(
+            a.header("tracseq-proxy-error"),
+            Some("upstream-unavailable")
+        );
+    }
+    let open = send(&client, to("down")).await.expect("answer");
+    assert_eq!(open.status, 503);
+    assert_eq!(open.header("tracseq-proxy-error"), Some("circuit-open"));
+    assert_eq!(send(&client, to("up")).await.expect("answer").status, 200);
+    let m = proxy.metrics().await;
+    let state = |peer| {
+        m.sum(
+            "tracseq_proxy_circuit_breaker_state",
+            &[("direction", "outbound"), ("upstream", peer)],
+        )
+    };
+    assert_eq!((state("down"), state("up")), (1.0, 0.0));
+    assert_eq!(
+        m.sum(
+            "tracseq_proxy_circuit_breaker_transitions_total",
+            &[
+                ("direction", "outbound"),
+                ("upstream", "down"),
+                ("to", "open")
+            ]
+        ),
+        1.0
+    );
+    assert!(proxy.shutdown().await);
+}

@@ -222,3 +222,58 @@ async fn policy_metrics_are_exposed_once_and_pass_promtool() {
     );
     assert!(proxy.shutdown().await);
 }
+
+/// A listener whose accept queue is full: the kernel drops further SYNs, so a connect to it
+/// hangs until the client's connect timeout (Linux). The returned sockets must stay alive.
+fn blackhole() -> (
+    std::net::SocketAddr,
+    Vec<std::net::TcpStream>,
+    socket2::Socket,
+) {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+    sock.bind(&addr.into()).expect("bind");
+    sock.listen(0).expect("listen");
+    let addr = sock.local_addr().expect("addr").as_socket().expect("inet");
+    // Fill the queue (backlog 0 holds one or two); a connect that does not finish within
+    // 100ms means the queue is full.
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            Ok(s) => fillers.push(s),
+            Err(_) => break,
+        }
+    }
+    (addr, fillers, sock)
+}
+
+#[tokio::test]
+async fn a_connect_timeout_is_a_retried_connect_failure() {
+    let (addr, _fillers, _sock) = blackhole();
+    let mut cfg = config(addr);
+    cfg.connect_timeout = Duration::from_millis(150);
+    cfg.request_timeout = Duration::from_secs(5);
+    cfg.retries = 1;
+    let proxy = start(cfg).await;
+    let t = std::time::Instant::now();
+    let a = get(&proxy.inbound_url("/x")).await.expect("answer");
+    let took = t.elapsed();
+    assert_eq!(a.status, 502);
+    assert_eq!(
+        a.header("tracseq-proxy-error"),
+        Some("upstream-unavailable")
+    );
+    // Two attempts of 150ms each, far below the 5 s request timeout (generous bound).
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    let m = proxy.metrics().await;
+    assert_eq!(
+        m.sum(
+            "tracseq_proxy_upstream_errors_total",
+            &[("direction", "inbound"), ("kind", "connect")]
+        ),
+        2.0,
+        "first attempt and one retry"
+    );
+    assert!(proxy.shutdown().await);
+}
