@@ -25,6 +25,7 @@ use super::{headers, ConnMeta, Dest, Direction};
 use crate::config::Config;
 use crate::error::BoxError;
 use crate::layers::metrics::{HttpMetrics, MetricsLayer};
+use crate::layers::retry::RetryLayer;
 use crate::layers::Policies;
 
 /// Build the inbound stack for `cfg.upstream`.
@@ -67,6 +68,7 @@ pub fn stack(
             Direction::Inbound,
             metrics.clone(),
         ))
+        .layer(RetryLayer::new(cfg, Direction::Inbound))
         .service(Forward::new(
             Direction::Inbound,
             H2Policy::GrpcOnly,

@@ -24,6 +24,7 @@ use super::{headers, Dest, Direction};
 use crate::config::{Config, Peer};
 use crate::error::{BoxError, ErrorKind, ProxyError};
 use crate::layers::metrics::{HttpMetrics, MetricsLayer};
+use crate::layers::retry::RetryLayer;
 use crate::layers::Policies;
 
 /// Distinct unknown destination names that get their own metric label; later ones share
@@ -59,6 +60,7 @@ pub fn stack(
             Direction::Outbound,
             metrics.clone(),
         ))
+        .layer(RetryLayer::new(cfg, Direction::Outbound))
         .service(Forward::new(
             Direction::Outbound,
             H2Policy::FollowDownstream,

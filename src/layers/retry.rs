@@ -1,0 +1,234 @@
+//! Retries (`--retries N`) of requests that never reached the upstream: a connect failure
+//! (`upstream-unavailable`, kind `connect`) of an idempotent method (GET HEAD OPTIONS TRACE PUT
+//! DELETE) whose body is empty, the only body that can be sent again (a streamed body is gone
+//! once read). POST is never retried. It sits between the request timeout and the upstream
+//! client, so every attempt shares the one deadline.
+//!
+//! Retries are bounded by a budget, like Envoy's default: retries may be at most 20% of the
+//! requests seen over the last `WINDOW` (10 s), with a floor of `MIN_RETRIES_PER_SEC` (10/s) so
+//! a quiet sidecar can still retry. Counts are kept in one-second slots of atomics: no lock on
+//! the path, approximate under races, which a budget can afford. A response that needed
+//! retries carries `ResendCount` (OpenTelemetry `http.request.resend_count`) in its extensions.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::{BoxFuture, Either};
+use http::{Method, Request, Response};
+use tower::ServiceExt;
+
+use super::{Clock, SystemClock};
+use crate::config::Config;
+use crate::error::{kind_of, BoxError, ErrorKind, UpstreamFailure};
+use crate::proxy::body::{self, Body};
+use crate::proxy::{headers, Direction};
+
+/// Budget window, in one-second slots.
+pub const WINDOW_SECS: u64 = 10;
+/// Retries allowed per 100 requests in the window.
+pub const RETRY_PERCENT: u64 = 20;
+/// Retries always allowed per second of window, whatever the request count.
+pub const MIN_RETRIES_PER_SEC: u64 = 10;
+
+/// How many times a request was sent again (`http.request.resend_count`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResendCount(pub u32);
+
+#[derive(Debug, Default)]
+struct Slot {
+    second: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
+}
+
+/// The retry budget core.
+pub struct Budget {
+    clock: Arc<dyn Clock>,
+    slots: [Slot; WINDOW_SECS as usize],
+}
+
+impl Budget {
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            clock,
+            slots: Default::default(),
+        }
+    }
+
+    /// The slot of the current second, reset if it last held an older second. Seconds are
+    /// counted from 1 so a fresh slot (second 0) is never mistaken for a live one.
+    fn slot(&self) -> (&Slot, u64) {
+        let now = self.clock.now().as_secs() + 1;
+        let slot = &self.slots[(now % WINDOW_SECS) as usize];
+        let seen = slot.second.load(Ordering::Acquire);
+        if seen != now
+            && slot
+                .second
+                .compare_exchange(seen, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            slot.requests.store(0, Ordering::Release);
+            slot.retries.store(0, Ordering::Release);
+        }
+        (slot, now)
+    }
+
+    /// Count a request.
+    pub fn deposit(&self) {
+        self.slot().0.requests.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Spend one retry, if the budget has one.
+    pub fn try_withdraw(&self) -> bool {
+        let (current, now) = self.slot();
+        let (mut requests, mut retries) = (0, 0);
+        for s in &self.slots {
+            if now.saturating_sub(s.second.load(Ordering::Acquire)) < WINDOW_SECS {
+                requests += s.requests.load(Ordering::Acquire);
+                retries += s.retries.load(Ordering::Acquire);
+            }
+        }
+        let allowed = (requests * RETRY_PERCENT / 100).max(MIN_RETRIES_PER_SEC * WINDOW_SECS);
+        if retries < allowed {
+            current.retries.fetch_add(1, Ordering::AcqRel);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Whether a request may be sent again: idempotent, with an empty body, and not an upgrade
+/// (its connection is handed over once).
+pub fn replayable<B: http_body::Body>(req: &Request<B>) -> bool {
+    idempotent(req.method())
+        && (req.body().is_end_stream() || req.body().size_hint().exact() == Some(0))
+        && !headers::is_upgrade(req.headers())
+}
+
+/// Whether an error means the request never left: only connect failures qualify.
+pub fn never_sent(err: &BoxError) -> bool {
+    kind_of(err.as_ref()) == ErrorKind::UpstreamUnavailable(UpstreamFailure::Connect)
+}
+
+#[derive(Clone)]
+pub struct RetryLayer {
+    max: u32,
+    budget: Arc<Budget>,
+}
+
+impl RetryLayer {
+    pub fn new(cfg: &Config, _direction: Direction) -> Self {
+        Self::with_budget(
+            cfg.retries,
+            Arc::new(Budget::new(Arc::new(SystemClock::default()))),
+        )
+    }
+
+    pub fn with_budget(max: u32, budget: Arc<Budget>) -> Self {
+        Self { max, budget }
+    }
+}
+
+impl<S> tower::Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Retry<S> {
+    inner: S,
+    layer: RetryLayer,
+}
+
+impl<S> tower::Service<Request<Body>> for Retry<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = Either<S::Future, BoxFuture<'static, Result<Response<Body>, BoxError>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        if self.layer.max == 0 {
+            return Either::Left(self.inner.call(req));
+        }
+        self.layer.budget.deposit();
+        if !replayable(&req) {
+            return Either::Left(self.inner.call(req));
+        }
+        // Keep a copy of the head (the body is empty) for the next attempts.
+        let (parts, body) = req.into_parts();
+        let template = Request::from_parts(parts, ());
+        let first = boxed_call(&mut self.inner, copy(&template, body));
+        let mut inner = self.inner.clone();
+        let layer = self.layer.clone();
+        Either::Right(Box::pin(async move {
+            let mut attempt = 0u32;
+            let mut res = first.await;
+            loop {
+                match res {
+                    Err(e)
+                        if attempt < layer.max && never_sent(&e) && layer.budget.try_withdraw() =>
+                    {
+                        attempt += 1;
+                        tracing::debug!(attempt, error = %e, "retrying a request that was never sent");
+                        let svc = inner.ready().await?;
+                        res = boxed_call(svc, copy(&template, body::empty())).await;
+                    }
+                    Ok(mut resp) => {
+                        if attempt > 0 {
+                            resp.extensions_mut().insert(ResendCount(attempt));
+                        }
+                        return Ok(resp);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }))
+    }
+}
+
+/// Boxed before any async block holds it: rustc cannot prove an async block holding a
+/// generic `S::Future` is Send for every lifetime.
+fn boxed_call<S>(
+    svc: &mut S,
+    req: Request<Body>,
+) -> BoxFuture<'static, Result<Response<Body>, BoxError>>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    Box::pin(svc.call(req))
+}
+
+fn copy(template: &Request<()>, body: Body) -> Request<Body> {
+    let mut req = Request::new(body);
+    *req.method_mut() = template.method().clone();
+    *req.uri_mut() = template.uri().clone();
+    *req.version_mut() = template.version();
+    *req.headers_mut() = template.headers().clone();
+    *req.extensions_mut() = template.extensions().clone();
+    req
+}
