@@ -118,7 +118,11 @@ fn bench(c: &mut Criterion) {
     g.bench_function("baseline", |b| b.iter(|| run(&Ok200)));
 
     let all = tower::ServiceBuilder::new()
-        .layer(Policies::new(&cfg, dir, &mut Registry::default()))
+        .layer(Policies::new(
+            &cfg,
+            dir,
+            PolicyMetrics::register(&mut Registry::default()),
+        ))
         .layer(RetryLayer::new(&cfg, dir))
         .service(Ok200);
     g.bench_function("all_enabled", |b| b.iter(|| run(&all)));
@@ -129,7 +133,11 @@ fn bench(c: &mut Criterion) {
     off.rate_limit = None;
     off.rate_limit_per_client = None;
     let disabled = tower::ServiceBuilder::new()
-        .layer(Policies::new(&off, dir, &mut Registry::default()))
+        .layer(Policies::new(
+            &off,
+            dir,
+            PolicyMetrics::register(&mut Registry::default()),
+        ))
         .layer(RetryLayer::new(&off, dir))
         .service(Ok200);
     g.bench_function("all_disabled", |b| b.iter(|| run(&disabled)));

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, Admin, Readiness};
 use crate::config::{Config, ConfigError};
 use crate::layers::metrics::HttpMetrics;
+use crate::layers::PolicyMetrics;
 use crate::proxy::server::{ConnMetrics, DrainController, Listener};
 use crate::proxy::{inbound, outbound, Direction};
 
@@ -45,6 +46,7 @@ pub async fn start(cfg: Config) -> Result<Running, ConfigError> {
     let mut registry = Registry::default();
     let http_metrics = HttpMetrics::register(&mut registry);
     let conn_metrics = ConnMetrics::register(&mut registry);
+    let policy_metrics = PolicyMetrics::register(&mut registry);
     admin::register_build_and_process(&mut registry);
     let readiness = Readiness::new(&[admin::NOT_BOUND]);
 
@@ -77,7 +79,12 @@ pub async fn start(cfg: Config) -> Result<Running, ConfigError> {
         tls: None,
     };
     if let Some(l) = inbound_l {
-        let stack = inbound::stack(&cfg, http_metrics.clone(), &mut registry);
+        let stack = inbound::stack(
+            &cfg,
+            http_metrics.clone(),
+            policy_metrics.clone(),
+            &mut registry,
+        );
         tasks.push(tokio::spawn(listener(Direction::Inbound).serve(
             l,
             stack,
@@ -85,7 +92,12 @@ pub async fn start(cfg: Config) -> Result<Running, ConfigError> {
         )));
     }
     if let Some(l) = outbound_l {
-        let stack = outbound::stack(&cfg, http_metrics.clone(), &mut registry);
+        let stack = outbound::stack(
+            &cfg,
+            http_metrics.clone(),
+            policy_metrics.clone(),
+            &mut registry,
+        );
         tasks.push(tokio::spawn(listener(Direction::Outbound).serve(
             l,
             stack,

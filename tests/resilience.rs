@@ -152,7 +152,7 @@ async fn a_failing_upstream_opens_the_circuit_and_it_closes_after_recovery() {
         .iter()
         .all(|a| a.status == 500 && a.header("tracseq-proxy-error").is_none()));
     let seen = up.count();
-    let upstream_label = up.addr.to_string();
+    let upstream_label = up.addr.ip().to_string();
     let m = proxy.metrics().await;
     let labels = [
         ("direction", "inbound"),

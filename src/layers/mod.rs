@@ -10,7 +10,6 @@ pub mod metrics;
 pub mod rate_limit;
 pub mod retry;
 
-use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -162,36 +161,6 @@ impl PolicyMetrics {
         );
         Arc::new(m)
     }
-
-    /// The families of `registry`, registered by whichever direction is built first.
-    ///
-    /// Both directions' stacks are built from the same registry by `app::start`, one after the
-    /// other on one thread, and a family must be registered once (a second `# TYPE` line for
-    /// the same name is invalid exposition). `Policies::new` gets only `&mut Registry`, which
-    /// cannot hand back what it holds, so the first call leaves the handle in a thread-local
-    /// slot keyed by the registry's address, and a later call reuses it only when the registry
-    /// really already contains the families (checked through its `Debug` output, once at
-    /// start-up), so a stale slot can never make a fresh registry miss them.
-    fn for_registry(reg: &mut Registry) -> Arc<Self> {
-        thread_local! {
-            static LAST: RefCell<Option<(usize, Arc<PolicyMetrics>)>> = const { RefCell::new(None) };
-        }
-        let key = reg as *const Registry as usize;
-        let registered = format!("{reg:?}").contains("\"tracseq_proxy_load_shed\"");
-        if registered {
-            if let Some(m) = LAST.with(|l| {
-                l.borrow()
-                    .as_ref()
-                    .filter(|(k, _)| *k == key)
-                    .map(|(_, m)| m.clone())
-            }) {
-                return m;
-            }
-        }
-        let m = Self::register(reg);
-        LAST.with(|l| *l.borrow_mut() = Some((key, m.clone())));
-        m
-    }
 }
 
 /// The policy layers of one direction, in the order of DESIGN.md: (authz →) rate limit →
@@ -205,8 +174,7 @@ pub struct Policies {
 }
 
 impl Policies {
-    pub fn new(cfg: &Config, direction: Direction, registry: &mut Registry) -> Self {
-        let metrics = PolicyMetrics::for_registry(registry);
+    pub fn new(cfg: &Config, direction: Direction, metrics: Arc<PolicyMetrics>) -> Self {
         // The contract's rate limits are inbound ("global inbound limit"): outbound calls are
         // the local app's own, and the callee's sidecar limits them.
         let limiter = match direction {

@@ -26,13 +26,14 @@ use crate::config::Config;
 use crate::error::BoxError;
 use crate::layers::metrics::{HttpMetrics, MetricsLayer};
 use crate::layers::retry::RetryLayer;
-use crate::layers::Policies;
+use crate::layers::{Policies, PolicyMetrics};
 
 /// Build the inbound stack for `cfg.upstream`.
 pub fn stack(
     cfg: &Config,
     metrics: Arc<HttpMetrics>,
-    registry: &mut Registry,
+    policy_metrics: Arc<PolicyMetrics>,
+    _registry: &mut Registry,
 ) -> impl tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
        + Clone
        + Send
@@ -42,14 +43,15 @@ pub fn stack(
         .upstream
         .clone()
         .expect("the inbound listener exists only with --upstream");
-    let label: &'static str = Box::leak(upstream.to_string().into_boxed_str());
+    // `server_address` is the host alone (OpenTelemetry), the port has its own label.
+    let label: &'static str = Box::leak(upstream.host().to_string().into_boxed_str());
     let dest = Dest {
         label,
         port: upstream.port_u16().unwrap_or(80),
         authority: upstream,
         identity: None,
     };
-    let policies = Policies::new(cfg, Direction::Inbound, registry);
+    let policies = Policies::new(cfg, Direction::Inbound, policy_metrics);
     ServiceBuilder::new()
         .layer(RequestIdLayer)
         .layer(MetricsLayer::new(

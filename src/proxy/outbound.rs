@@ -25,7 +25,7 @@ use crate::config::{Config, Peer};
 use crate::error::{BoxError, ErrorKind, ProxyError};
 use crate::layers::metrics::{HttpMetrics, MetricsLayer};
 use crate::layers::retry::RetryLayer;
-use crate::layers::Policies;
+use crate::layers::{Policies, PolicyMetrics};
 
 /// Distinct unknown destination names that get their own metric label; later ones share
 /// `_other`, so a misbehaving app cannot grow the metric families without bound.
@@ -34,14 +34,15 @@ const MAX_DYNAMIC_NAMES: usize = 256;
 pub fn stack(
     cfg: &Config,
     metrics: Arc<HttpMetrics>,
-    registry: &mut Registry,
+    policy_metrics: Arc<PolicyMetrics>,
+    _registry: &mut Registry,
 ) -> impl tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
        + Clone
        + Send
        + Sync
        + 'static {
     let resolver = Resolver::new(&cfg.peers, cfg.peer_port);
-    let policies = Policies::new(cfg, Direction::Outbound, registry);
+    let policies = Policies::new(cfg, Direction::Outbound, policy_metrics);
     ServiceBuilder::new()
         .layer(RequestIdLayer)
         .layer(MetricsLayer::new(
