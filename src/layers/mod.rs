@@ -2,6 +2,7 @@
 //! plain core with a synchronous `&self` API and an injectable clock, wrapped by a thin tower
 //! `Layer` + `Service`.
 
+pub mod authz;
 pub mod labels;
 pub mod metrics;
 

@@ -24,6 +24,7 @@ use super::upstream::{Forward, H2Policy};
 use super::{headers, ConnMeta, Dest, Direction};
 use crate::config::Config;
 use crate::error::BoxError;
+use crate::layers::authz::AuthzLayer;
 use crate::layers::metrics::{HttpMetrics, MetricsLayer};
 use crate::layers::Policies;
 
@@ -49,6 +50,7 @@ pub fn stack(
         identity: None,
     };
     let policies = Policies::new(cfg, Direction::Inbound, registry);
+    let authz = AuthzLayer::new(cfg.tls.allow_identity.clone(), Direction::Inbound, registry);
     ServiceBuilder::new()
         .layer(RequestIdLayer)
         .layer(MetricsLayer::new(
@@ -61,6 +63,7 @@ pub fn stack(
         .layer(PrepareLayer {
             dest: Arc::new(dest),
         })
+        .layer(authz)
         .layer(policies)
         .layer(TimeoutLayer::new(
             cfg.request_timeout,

@@ -34,6 +34,7 @@ pub fn stack(
     cfg: &Config,
     metrics: Arc<HttpMetrics>,
     registry: &mut Registry,
+    tls: Option<Arc<crate::tls::ClientTls>>,
 ) -> impl tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
        + Clone
        + Send
@@ -62,7 +63,7 @@ pub fn stack(
         .service(Forward::new(
             Direction::Outbound,
             H2Policy::FollowDownstream,
-            Connector::new(cfg.connect_timeout),
+            Connector::new(cfg.connect_timeout).with_tls(tls),
             metrics,
         ))
 }

@@ -51,6 +51,9 @@ pub struct Forward {
 struct Inner {
     direction: Direction,
     h2_policy: H2Policy,
+    /// Peers over mTLS: ALPN picks the protocol, and the auto client follows it (a
+    /// connection that negotiated h2 is shared by all requests, whatever their version).
+    alpn: bool,
     h1: Client<Connector, Body>,
     h2: Client<Connector, Body>,
     metrics: Arc<HttpMetrics>,
@@ -68,6 +71,7 @@ impl Forward {
             .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new());
+        let alpn = connector.is_tls();
         let h1 = b.build(connector.clone());
         let mut b2 = Client::builder(TokioExecutor::new());
         b2.pool_idle_timeout(POOL_IDLE_TIMEOUT)
@@ -82,6 +86,7 @@ impl Forward {
             inner: Arc::new(Inner {
                 direction,
                 h2_policy,
+                alpn,
                 h1,
                 h2,
                 metrics,
@@ -117,7 +122,8 @@ impl tower::Service<Request<Body>> for Forward {
             *req.uri_mut() = Uri::from_parts(parts)
                 .map_err(|e| ProxyError::new(crate::error::ErrorKind::BadRequest).with_source(e))?;
             let method = Method::from_http(req.method());
-            let use_h2 = req.version() == Version::HTTP_2
+            let use_h2 = !inner.alpn
+                && req.version() == Version::HTTP_2
                 && match inner.h2_policy {
                     H2Policy::FollowDownstream => true,
                     H2Policy::GrpcOnly => is_grpc(req.headers()),
