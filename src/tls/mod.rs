@@ -140,6 +140,8 @@ pub fn rustls_reason(err: &rustls::Error) -> &'static str {
                 Some(r) => r.0,
                 None => "bad_certificate",
             },
+            // A CA that copies our CA's name but holds another key.
+            CertificateError::BadSignature => "bad_signature",
             _ => "bad_certificate",
         },
         E::AlertReceived(a) => match a {
