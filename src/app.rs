@@ -174,7 +174,7 @@ fn load_tls(
         )),
         _ => None,
     };
-    let client = ClientTls::new(&loaded, &cfg.peers, cfg.tls.min_version, metrics.clone())
+    let client = ClientTls::new(&loaded, cfg.tls.min_version, metrics.clone())
         .map(Arc::new);
     if client.is_none() {
         tracing::warn!("no --tls-ca: calls to peers are not encrypted (peers cannot be verified)");

@@ -56,7 +56,12 @@ async fn caller_identity_reaches_the_callee_and_wrong_peers_are_refused() {
         )
         .await
         .expect("response");
-        assert_eq!(resp.status, 200, "{}", resp.text());
+        if resp.status != 200 {
+            let m = caller.metrics().await;
+            let c = callee.metrics().await;
+            let f = |m: &Metrics| m.text.lines().filter(|l| l.contains("tls_") || l.contains("upstream_errors")).map(str::to_string).collect::<Vec<_>>().join("\n");
+            panic!("status {} {}\ncaller:\n{}\ncallee:\n{}", resp.status, resp.text(), f(&m), f(&c));
+        }
         assert_eq!(resp.body, "sample");
     }
     let seen = callee_app.last();

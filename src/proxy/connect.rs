@@ -25,6 +25,8 @@ use crate::tls::ClientTls;
 pub struct Connector {
     http: HttpConnector,
     tls: Option<Arc<ClientTls>>,
+    /// The identity the peer must present (`#IDENTITY` of `--peer`); else its DNS name.
+    expected: Option<Arc<str>>,
 }
 
 impl Connector {
@@ -34,12 +36,22 @@ impl Connector {
         http.set_connect_timeout(Some(connect_timeout));
         http.enforce_http(true);
         http.set_keepalive(Some(Duration::from_secs(60)));
-        Self { http, tls: None }
+        Self {
+            http,
+            tls: None,
+            expected: None,
+        }
     }
 
     /// Connections made by this connector use mTLS.
     pub fn with_tls(mut self, tls: Option<Arc<ClientTls>>) -> Self {
         self.tls = tls;
+        self
+    }
+
+    /// The same connector, for a peer that must present `identity`.
+    pub fn expecting(mut self, identity: Arc<str>) -> Self {
+        self.expected = Some(identity);
         self
     }
 
@@ -135,8 +147,8 @@ impl tower::Service<Uri> for Connector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let authority = uri.authority().map(|a| a.as_str().to_string());
         let host = uri.host().map(str::to_string);
+        let expected = self.expected.clone();
         let fut = self.http.call(uri);
         let tls = self.tls.clone();
         Box::pin(async move {
@@ -144,10 +156,10 @@ impl tower::Service<Uri> for Connector {
             let Some(tls) = tls else {
                 return Ok(UpstreamIo::Plain(tcp));
             };
-            let (Some(authority), Some(host)) = (authority, host) else {
+            let Some(host) = host else {
                 return Err(ProxyError::upstream(UpstreamFailure::Tls, "no peer host name").into());
             };
-            match tls.connect(&authority, &host, tcp.into_inner()).await {
+            match tls.connect(expected, &host, tcp.into_inner()).await {
                 Ok(s) => Ok(UpstreamIo::Tls(Box::new(TokioIo::new(s)))),
                 // Tagged here: the client error chain would hide rustls' error inside io::Error.
                 Err(e) => Err(ProxyError::upstream(UpstreamFailure::Tls, e).into()),

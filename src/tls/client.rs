@@ -1,9 +1,9 @@
 //! Originating mTLS to peer sidecars. A peer is checked against `--tls-ca` and against the
 //! identity this sidecar expects for it: the `#IDENTITY` of its `--peer` entry, else its DNS
 //! name. A SPIFFE URI is not a TLS server name, so the check is our own verifier (webpki for
-//! the chain, then the SANs), and since the connector only sees the URI, the expected
-//! identity is looked up by authority. One rustls config per expected identity is cached
-//! (bounded) and dropped on reload, so the handshake path allocates nothing new.
+//! the chain, then the SANs); the connector passes the expected identity in (one pool per
+//! identity in `upstream`). One rustls config per expected identity is cached (bounded) and
+//! dropped on reload, so the handshake path builds nothing new.
 
 use std::collections::HashMap;
 use std::io;
@@ -24,7 +24,7 @@ use tokio_rustls::TlsConnector;
 
 use super::identity::{self, Loaded};
 use super::TlsMetrics;
-use crate::config::{Peer, TlsVersion};
+use crate::config::TlsVersion;
 use crate::proxy::Direction;
 
 /// Cached configs (one per expected identity); beyond this, configs are built per handshake.
@@ -39,23 +39,13 @@ struct State {
 /// This sidecar's client side towards peers.
 pub struct ClientTls {
     state: RwLock<Arc<State>>,
-    /// `host:port` → expected identity, from the `--peer` table.
-    expected: HashMap<String, Arc<str>>,
     min_version: TlsVersion,
     metrics: TlsMetrics,
 }
 
 impl std::fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientTls").field("expected", &self.expected).finish()
-    }
-}
-
-fn bracket(host: &str) -> String {
-    if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]")
-    } else {
-        host.to_string()
+        f.debug_struct("ClientTls").finish_non_exhaustive()
     }
 }
 
@@ -63,21 +53,12 @@ impl ClientTls {
     /// `None` without a trust bundle: peers cannot be verified, so calls stay plaintext.
     pub fn new(
         loaded: &Loaded,
-        peers: &[Peer],
         min_version: TlsVersion,
         metrics: TlsMetrics,
     ) -> Option<Self> {
         let state = state(loaded)?;
-        let expected = peers
-            .iter()
-            .filter_map(|p| {
-                let id = p.identity.as_deref()?;
-                Some((format!("{}:{}", bracket(&p.host), p.port), Arc::from(id)))
-            })
-            .collect();
         Some(Self {
             state: RwLock::new(Arc::new(state)),
-            expected,
             min_version,
             metrics,
         })
@@ -125,23 +106,16 @@ impl ClientTls {
         Ok(config)
     }
 
-    /// The identity expected of the peer at `host:port`.
-    pub fn expected_identity(&self, authority: &str, host: &str) -> Arc<str> {
-        self.expected
-            .get(authority)
-            .cloned()
-            .unwrap_or_else(|| Arc::from(host))
-    }
-
-    /// Handshake over `tcp` with the peer at `authority` (`host:port`).
+    /// Handshake over `tcp` with the peer at `host`, which must present `expected` (else
+    /// its DNS name).
     pub async fn connect(
         &self,
-        authority: &str,
+        expected: Option<Arc<str>>,
         host: &str,
         tcp: TcpStream,
     ) -> io::Result<TlsStream<TcpStream>> {
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let expected = self.expected_identity(authority, host);
+        let expected = expected.unwrap_or_else(|| Arc::from(host));
         let config = self.config_for(&expected).map_err(io::Error::other)?;
         let name = ServerName::try_from(host.to_string())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
