@@ -90,10 +90,11 @@ pub async fn start(cfg: Config) -> Result<Running, ConfigError> {
         },
     };
     if let Some(t) = tls {
-        let watch = t
-            .reloader
-            .watch()
-            .map_err(|e| ConfigError(format!("--tls-cert: cannot watch the certificate directory: {e}")))?;
+        let watch = t.reloader.watch().map_err(|e| {
+            ConfigError(format!(
+                "--tls-cert: cannot watch the certificate directory: {e}"
+            ))
+        })?;
         tasks.push(watch);
     }
     if let Some(l) = inbound_l {
@@ -105,7 +106,12 @@ pub async fn start(cfg: Config) -> Result<Running, ConfigError> {
         )));
     }
     if let Some(l) = outbound_l {
-        let stack = outbound::stack(&cfg, http_metrics.clone(), &mut registry, client_tls.clone());
+        let stack = outbound::stack(
+            &cfg,
+            http_metrics.clone(),
+            &mut registry,
+            client_tls.clone(),
+        );
         tasks.push(tokio::spawn(listener(Direction::Outbound).serve(
             l,
             stack,
@@ -169,17 +175,26 @@ fn load_tls(
     let loaded = identity::load(&paths).map_err(|e| ConfigError(e.to_string()))?;
     let server = match cfg.listen {
         Some(_) if cfg.upstream.is_some() => Some(Arc::new(
-            ServerTls::new(&loaded, cfg.tls.client_auth, cfg.tls.min_version, metrics.clone())
-                .map_err(|e| ConfigError(format!("--tls-ca: {e}")))?,
+            ServerTls::new(
+                &loaded,
+                cfg.tls.client_auth,
+                cfg.tls.min_version,
+                metrics.clone(),
+            )
+            .map_err(|e| ConfigError(format!("--tls-ca: {e}")))?,
         )),
         _ => None,
     };
-    let client = ClientTls::new(&loaded, cfg.tls.min_version, metrics.clone())
-        .map(Arc::new);
+    let client = ClientTls::new(&loaded, cfg.tls.min_version, metrics.clone()).map(Arc::new);
     if client.is_none() {
         tracing::warn!("no --tls-ca: calls to peers are not encrypted (peers cannot be verified)");
     }
-    let reloader = Arc::new(Reloader::new(paths, server.clone(), client.clone(), metrics.clone()));
+    let reloader = Arc::new(Reloader::new(
+        paths,
+        server.clone(),
+        client.clone(),
+        metrics.clone(),
+    ));
     reloader.loaded(&loaded);
     tracing::info!(identity = ?loaded.identity, "TLS identity loaded");
     readiness.clear(admin::NO_IDENTITY);

@@ -15,8 +15,13 @@ const HANDSHAKES: &str = "tracseq_proxy_tls_handshakes_total";
 
 fn self_signed(service: &str) -> IssuedCert {
     let now = OffsetDateTime::now_utc();
-    let p = leaf_params("tracseq.local", service, now - Duration::from_secs(60), now + DAY)
-        .expect("params");
+    let p = leaf_params(
+        "tracseq.local",
+        service,
+        now - Duration::from_secs(60),
+        now + DAY,
+    )
+    .expect("params");
     let key = rcgen::KeyPair::generate().expect("key");
     let cert = p.self_signed(&key).expect("self-signed");
     IssuedCert {
@@ -67,19 +72,38 @@ async fn refused_clients_are_counted_by_reason() {
         ("expired", Some(expired), "expired"),
         ("not yet valid", Some(not_yet), "not_yet_valid"),
         ("self-signed", Some(self_signed("orders")), "self_signed"),
-        ("CA certificate used as a leaf", Some(ca_as_leaf), "ca_as_leaf"),
+        (
+            "CA certificate used as a leaf",
+            Some(ca_as_leaf),
+            "ca_as_leaf",
+        ),
     ];
     for (what, client, reason) in &cases {
         let cfg = client_config(
             &ca,
-            client.as_ref().map(|c| (c.cert_pem.as_str(), c.key_pem.as_str())),
+            client
+                .as_ref()
+                .map(|c| (c.cert_pem.as_str(), c.key_pem.as_str())),
         );
         let r = tls_request(addr, cfg, "callee", get_req("/refused")).await;
-        assert!(r.is_err(), "{what}: expected a refusal, got {}", r.map(|r| r.resp.status).unwrap_or(0));
-        let n = wait_metric(proxy.admin, HANDSHAKES, &[("direction", "inbound"), ("result", reason)], 1.0).await;
+        assert!(
+            r.is_err(),
+            "{what}: expected a refusal, got {}",
+            r.map(|r| r.resp.status).unwrap_or(0)
+        );
+        let n = wait_metric(
+            proxy.admin,
+            HANDSHAKES,
+            &[("direction", "inbound"), ("result", reason)],
+            1.0,
+        )
+        .await;
         if n != 1.0 {
             let m = proxy.metrics().await;
-            let seen: Vec<_> = m.select(HANDSHAKES, &[]).map(|s| (s.labels.clone(), s.value)).collect();
+            let seen: Vec<_> = m
+                .select(HANDSHAKES, &[])
+                .map(|s| (s.labels.clone(), s.value))
+                .collect();
             panic!("{what}: expected one result=\"{reason}\", saw {seen:?}");
         }
     }
@@ -88,13 +112,24 @@ async fn refused_clients_are_counted_by_reason() {
     // And the one that belongs: admitted, identity forwarded.
     let good = pki.ca.issue("orders", DAY).expect("issue");
     let cfg = client_config(&ca, Some((&good.cert_pem, &good.key_pem)));
-    let ok = tls_request(addr, cfg, "callee", get_req("/ok")).await.expect("admitted");
+    let ok = tls_request(addr, cfg, "callee", get_req("/ok"))
+        .await
+        .expect("admitted");
     assert_eq!(ok.resp.status, 200);
-    let xfcc = up.last().headers["x-forwarded-client-cert"].to_str().expect("ascii").to_string();
+    let xfcc = up.last().headers["x-forwarded-client-cert"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
     assert!(xfcc.contains("URI=spiffe://tracseq.local/orders"), "{xfcc}");
     let m = proxy.metrics().await;
-    assert_eq!(m.sum(HANDSHAKES, &[("direction", "inbound"), ("result", "ok")]), 1.0);
-    assert_eq!(m.sum(HANDSHAKES, &[("direction", "inbound")]), cases.len() as f64 + 1.0);
+    assert_eq!(
+        m.sum(HANDSHAKES, &[("direction", "inbound"), ("result", "ok")]),
+        1.0
+    );
+    assert_eq!(
+        m.sum(HANDSHAKES, &[("direction", "inbound")]),
+        cases.len() as f64 + 1.0
+    );
     assert!(proxy.shutdown().await);
 }
 
@@ -115,7 +150,12 @@ async fn allow_identity_answers_other_identities_403() {
     let call = |service: &str| {
         let c = pki.ca.issue(service, DAY).expect("issue");
         let cfg = client_config(&ca, Some((&c.cert_pem, &c.key_pem)));
-        async move { tls_request(addr, cfg, "callee", get_req("/x")).await.expect("response").resp }
+        async move {
+            tls_request(addr, cfg, "callee", get_req("/x"))
+                .await
+                .expect("response")
+                .resp
+        }
     };
 
     let denied = call("billing").await;
@@ -123,11 +163,24 @@ async fn allow_identity_answers_other_identities_403() {
     assert_eq!(denied.header("tracseq-proxy-error"), Some("forbidden"));
     assert_eq!(call("orders").await.status, 200);
     assert_eq!(call("lab-sequencer").await.status, 200);
-    assert_eq!(up.count(), 2, "the denied request never reached the upstream");
+    assert_eq!(
+        up.count(),
+        2,
+        "the denied request never reached the upstream"
+    );
 
     let m = proxy.metrics().await;
-    assert_eq!(m.sum("tracseq_proxy_authz_denied_total", &[("direction", "inbound")]), 1.0);
+    assert_eq!(
+        m.sum(
+            "tracseq_proxy_authz_denied_total",
+            &[("direction", "inbound")]
+        ),
+        1.0
+    );
     // The handshake itself was fine: refusal by identity is not a TLS failure.
-    assert_eq!(m.sum(HANDSHAKES, &[("direction", "inbound"), ("result", "ok")]), 3.0);
+    assert_eq!(
+        m.sum(HANDSHAKES, &[("direction", "inbound"), ("result", "ok")]),
+        3.0
+    );
     assert!(proxy.shutdown().await);
 }

@@ -50,7 +50,10 @@ async fn caller_identity_reaches_the_callee_and_wrong_peers_are_refused() {
             &client,
             Request::post(format!("http://{out}/api/samples/{i}"))
                 .header("host", "callee")
-                .header("x-forwarded-client-cert", "Hash=00;URI=spiffe://tracseq.local/admin")
+                .header(
+                    "x-forwarded-client-cert",
+                    "Hash=00;URI=spiffe://tracseq.local/admin",
+                )
                 .body(Full::new(Bytes::from_static(b"sample")))
                 .expect("request"),
         )
@@ -59,8 +62,21 @@ async fn caller_identity_reaches_the_callee_and_wrong_peers_are_refused() {
         if resp.status != 200 {
             let m = caller.metrics().await;
             let c = callee.metrics().await;
-            let f = |m: &Metrics| m.text.lines().filter(|l| l.contains("tls_") || l.contains("upstream_errors")).map(str::to_string).collect::<Vec<_>>().join("\n");
-            panic!("status {} {}\ncaller:\n{}\ncallee:\n{}", resp.status, resp.text(), f(&m), f(&c));
+            let f = |m: &Metrics| {
+                m.text
+                    .lines()
+                    .filter(|l| l.contains("tls_") || l.contains("upstream_errors"))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            panic!(
+                "status {} {}\ncaller:\n{}\ncallee:\n{}",
+                resp.status,
+                resp.text(),
+                f(&m),
+                f(&c)
+            );
         }
         assert_eq!(resp.body, "sample");
     }
@@ -72,18 +88,33 @@ async fn caller_identity_reaches_the_callee_and_wrong_peers_are_refused() {
         .map(|v| v.to_str().expect("ascii").to_string())
         .collect();
     assert_eq!(xfcc.len(), 1, "exactly one XFCC: {xfcc:?}");
-    assert!(xfcc[0].contains("URI=spiffe://tracseq.local/caller"), "{xfcc:?}");
+    assert!(
+        xfcc[0].contains("URI=spiffe://tracseq.local/caller"),
+        "{xfcc:?}"
+    );
     assert!(xfcc[0].contains("DNS=caller"), "{xfcc:?}");
-    assert!(!xfcc[0].contains("admin"), "the spoofed header is gone: {xfcc:?}");
+    assert!(
+        !xfcc[0].contains("admin"),
+        "the spoofed header is gone: {xfcc:?}"
+    );
     assert_eq!(seen.headers["x-forwarded-proto"], "https");
 
     // One mTLS connection, HTTP/2 (ALPN), reused by all three requests.
     let cm = callee.metrics().await;
     assert_eq!(
-        cm.sum("tracseq_proxy_tls_handshakes_total", &[("direction", "inbound"), ("result", "ok")]),
+        cm.sum(
+            "tracseq_proxy_tls_handshakes_total",
+            &[("direction", "inbound"), ("result", "ok")]
+        ),
         1.0
     );
-    assert_eq!(cm.sum("tracseq_proxy_tcp_connections_total", &[("direction", "inbound")]), 1.0);
+    assert_eq!(
+        cm.sum(
+            "tracseq_proxy_tcp_connections_total",
+            &[("direction", "inbound")]
+        ),
+        1.0
+    );
     assert_eq!(
         cm.sum(
             "http_server_request_duration_seconds_count",
@@ -104,11 +135,21 @@ async fn caller_identity_reaches_the_callee_and_wrong_peers_are_refused() {
     .await
     .expect("response");
     assert_eq!(resp.status, 502);
-    assert_eq!(resp.header("tracseq-proxy-error"), Some("upstream-unavailable"));
-    assert_eq!(callee_app.count(), before, "no request reached the wrong peer's app");
+    assert_eq!(
+        resp.header("tracseq-proxy-error"),
+        Some("upstream-unavailable")
+    );
+    assert_eq!(
+        callee_app.count(),
+        before,
+        "no request reached the wrong peer's app"
+    );
     let m = caller.metrics().await;
     assert!(
-        m.sum("tracseq_proxy_upstream_errors_total", &[("direction", "outbound"), ("kind", "tls")]) >= 1.0,
+        m.sum(
+            "tracseq_proxy_upstream_errors_total",
+            &[("direction", "outbound"), ("kind", "tls")]
+        ) >= 1.0,
         "counted as a TLS failure"
     );
     assert!(
@@ -118,7 +159,10 @@ async fn caller_identity_reaches_the_callee_and_wrong_peers_are_refused() {
         ) >= 1.0
     );
     assert_eq!(
-        m.sum("tracseq_proxy_tls_handshakes_total", &[("direction", "outbound"), ("result", "ok")]),
+        m.sum(
+            "tracseq_proxy_tls_handshakes_total",
+            &[("direction", "outbound"), ("result", "ok")]
+        ),
         1.0
     );
     assert!(caller.shutdown().await);

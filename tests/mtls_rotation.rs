@@ -51,8 +51,13 @@ async fn rotation_under_load_fails_no_request() {
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let failures: Arc<Mutex<Vec<String>>> = Arc::default();
     let load = {
-        let (done, stop, seen, failures, tls) =
-            (done.clone(), stop.clone(), seen.clone(), failures.clone(), tls.clone());
+        let (done, stop, seen, failures, tls) = (
+            done.clone(),
+            stop.clone(),
+            seen.clone(),
+            failures.clone(),
+            tls.clone(),
+        );
         let old_serial = old_serial.clone();
         tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
@@ -66,11 +71,16 @@ async fn rotation_under_load_fails_no_request() {
                         let s = serial(&r.server_cert);
                         seen.lock().expect("lock").push(s);
                     }
-                    Ok(r) => failures.lock().expect("lock").push(format!("status {}", r.resp.status)),
+                    Ok(r) => failures
+                        .lock()
+                        .expect("lock")
+                        .push(format!("status {}", r.resp.status)),
                     Err(e) => failures.lock().expect("lock").push(e),
                 }
                 done.fetch_add(1, Ordering::Relaxed);
-                if seen.lock().expect("lock").last().map(String::as_str) != Some(old_serial.as_str()) {
+                if seen.lock().expect("lock").last().map(String::as_str)
+                    != Some(old_serial.as_str())
+                {
                     new_seen += 1;
                     // Enough handshakes with the new certificate: stop early.
                     if new_seen >= 20 {
@@ -90,26 +100,40 @@ async fn rotation_under_load_fails_no_request() {
     replace(&callee.key, &next.key_pem);
     let ok = wait_metric(proxy.admin, RELOADS, &[("result", "ok")], 1.0).await;
     assert!(ok >= 1.0, "the new files were loaded");
-    let _ = tokio::time::timeout(WAIT, load).await.expect("load loop ends");
+    let _ = tokio::time::timeout(WAIT, load)
+        .await
+        .expect("load loop ends");
     stop.store(true, Ordering::Relaxed);
 
     let failures = failures.lock().expect("lock").clone();
     let seen = seen.lock().expect("lock").clone();
-    assert!(failures.is_empty(), "failed requests during rotation: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "failed requests during rotation: {failures:?}"
+    );
     assert!(seen.len() >= 10, "load ran: {} requests", seen.len());
     let first_new = seen
         .iter()
         .position(|s| *s == new_serial)
-        .unwrap_or_else(|| panic!("no handshake presented the new certificate ({} requests)", seen.len()));
+        .unwrap_or_else(|| {
+            panic!(
+                "no handshake presented the new certificate ({} requests)",
+                seen.len()
+            )
+        });
     assert!(
         seen[first_new..].iter().all(|s| *s == new_serial),
         "after the first new handshake, every handshake presents the new certificate"
     );
-    assert!(seen[..first_new].iter().all(|s| *s == old_serial || *s == new_serial));
+    assert!(seen[..first_new]
+        .iter()
+        .all(|s| *s == old_serial || *s == new_serial));
 
     // Broken files keep the current (rotated) identity and count an error.
     let served = || async {
-        let r = tls_request(addr, tls.clone(), "callee", get_req("/after")).await.expect("request");
+        let r = tls_request(addr, tls.clone(), "callee", get_req("/after"))
+            .await
+            .expect("request");
         assert_eq!(r.resp.status, 200);
         serial(&r.server_cert)
     };
@@ -117,22 +141,45 @@ async fn rotation_under_load_fails_no_request() {
     let e0 = proxy.metrics().await.sum(RELOADS, &[("result", "error")]);
     let other = pki.ca.issue("callee", DAY).expect("other key");
     replace(&callee.key, &other.key_pem); // does not match the certificate
-    assert_eq!(wait_metric(proxy.admin, RELOADS, &[("result", "error")], e0 + 1.0).await, e0 + 1.0);
-    assert_eq!(served().await, new_serial, "a mismatched key keeps the old identity");
+    assert_eq!(
+        wait_metric(proxy.admin, RELOADS, &[("result", "error")], e0 + 1.0).await,
+        e0 + 1.0
+    );
+    assert_eq!(
+        served().await,
+        new_serial,
+        "a mismatched key keeps the old identity"
+    );
 
     let ok = proxy.metrics().await.sum(RELOADS, &[("result", "ok")]);
     replace(&callee.key, &next.key_pem);
     assert!(wait_metric(proxy.admin, RELOADS, &[("result", "ok")], ok + 1.0).await >= ok + 1.0);
-    replace(&callee.cert, "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n");
-    assert_eq!(wait_metric(proxy.admin, RELOADS, &[("result", "error")], e0 + 2.0).await, e0 + 2.0);
-    assert_eq!(served().await, new_serial, "a garbage certificate keeps the old identity");
+    replace(
+        &callee.cert,
+        "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
+    );
+    assert_eq!(
+        wait_metric(proxy.admin, RELOADS, &[("result", "error")], e0 + 2.0).await,
+        e0 + 2.0
+    );
+    assert_eq!(
+        served().await,
+        new_serial,
+        "a garbage certificate keeps the old identity"
+    );
 
     let m = proxy.metrics().await;
-    let expiry = m.sum("tracseq_proxy_tls_cert_expiration_timestamp_seconds", &[("cert", "identity")]);
+    let expiry = m.sum(
+        "tracseq_proxy_tls_cert_expiration_timestamp_seconds",
+        &[("cert", "identity")],
+    );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs_f64();
-    assert!(expiry > now && expiry < now + 2.0 * DAY.as_secs_f64(), "expiry of the rotated cert: {expiry}");
+    assert!(
+        expiry > now && expiry < now + 2.0 * DAY.as_secs_f64(),
+        "expiry of the rotated cert: {expiry}"
+    );
     assert!(proxy.shutdown().await);
 }

@@ -36,8 +36,16 @@ fn openssl_verify(dir: &Path, cert: &str) {
             .args(["verify", "-purpose", purpose, "-CAfile"])
             .arg(dir.join("ca.pem"))
             .arg(dir.join(cert)));
-        assert!(o.status.success(), "openssl verify {cert} ({purpose}): {}", text(&o));
-        assert!(String::from_utf8_lossy(&o.stdout).contains(": OK"), "{}", text(&o));
+        assert!(
+            o.status.success(),
+            "openssl verify {cert} ({purpose}): {}",
+            text(&o)
+        );
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains(": OK"),
+            "{}",
+            text(&o)
+        );
     }
 }
 
@@ -47,11 +55,26 @@ fn certs_init_issue_inspect_and_openssl_verify() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("pki");
     let o = run(Command::new(BIN)
-        .args(["certs", "init", "--trust-domain", "tracseq.local", "--validity", "30d", "--dir"])
+        .args([
+            "certs",
+            "init",
+            "--trust-domain",
+            "tracseq.local",
+            "--validity",
+            "30d",
+            "--dir",
+        ])
         .arg(&dir)
         .args(["--service", "orders", "billing"]));
     assert!(o.status.success(), "certs init: {}", text(&o));
-    for f in ["ca.pem", "ca-key.pem", "orders.pem", "orders-key.pem", "billing.pem", "billing-key.pem"] {
+    for f in [
+        "ca.pem",
+        "ca-key.pem",
+        "orders.pem",
+        "orders-key.pem",
+        "billing.pem",
+        "billing-key.pem",
+    ] {
         assert!(dir.join(f).exists(), "{f} written");
     }
     for key in ["ca-key.pem", "orders-key.pem", "billing-key.pem"] {
@@ -71,15 +94,22 @@ fn certs_init_issue_inspect_and_openssl_verify() {
     );
 
     // A second init must not overwrite the CA.
-    let again = run(Command::new(BIN).args(["certs", "init", "--dir"]).arg(&dir).args(["--service", "x"]));
+    let again = run(Command::new(BIN)
+        .args(["certs", "init", "--dir"])
+        .arg(&dir)
+        .args(["--service", "x"]));
     assert_eq!(again.status.code(), Some(2), "{}", text(&again));
 
-    let o = run(Command::new(BIN).args(["certs", "issue", "--service", "lab", "--dir"]).arg(&dir));
+    let o = run(Command::new(BIN)
+        .args(["certs", "issue", "--service", "lab", "--dir"])
+        .arg(&dir));
     assert!(o.status.success(), "certs issue: {}", text(&o));
     assert_eq!(mode(&dir.join("lab-key.pem")), 0o600);
     openssl_verify(&dir, "lab.pem");
 
-    let o = run(Command::new(BIN).args(["certs", "inspect"]).arg(dir.join("orders.pem")));
+    let o = run(Command::new(BIN)
+        .args(["certs", "inspect"])
+        .arg(dir.join("orders.pem")));
     assert!(o.status.success(), "certs inspect: {}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     for want in [
@@ -121,11 +151,26 @@ async fn openssl_s_client_with_and_without_a_client_cert() {
     let d = pki.dir.path();
     let s_client = |with_cert: bool| {
         let mut c = Command::new("openssl");
-        c.args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", "callee"])
-            .args(["-verify_return_error", "-alpn", "http/1.1", "-ign_eof", "-CAfile"])
-            .arg(d.join("ca.pem"));
+        c.args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-servername",
+            "callee",
+        ])
+        .args([
+            "-verify_return_error",
+            "-alpn",
+            "http/1.1",
+            "-ign_eof",
+            "-CAfile",
+        ])
+        .arg(d.join("ca.pem"));
         if with_cert {
-            c.arg("-cert").arg(d.join("orders.pem")).arg("-key").arg(d.join("orders-key.pem"));
+            c.arg("-cert")
+                .arg(d.join("orders.pem"))
+                .arg("-key")
+                .arg(d.join("orders-key.pem"));
         }
         c
     };
@@ -134,25 +179,55 @@ async fn openssl_s_client_with_and_without_a_client_cert() {
         let mut c = s_client(true);
         move || {
             use std::io::Write as _;
-            let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
-            child.stdin.take().expect("stdin").write_all(request.as_bytes()).expect("write");
+            let mut child = c
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn");
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(request.as_bytes())
+                .expect("write");
             child.wait_with_output().expect("output")
         }
     })
     .await
     .expect("join");
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("Verify return code: 0 (ok)"), "server verified by openssl: {}", text(&o));
-    assert!(out.contains("HTTP/1.1 200"), "request answered: {}", text(&o));
+    assert!(
+        out.contains("Verify return code: 0 (ok)"),
+        "server verified by openssl: {}",
+        text(&o)
+    );
+    assert!(
+        out.contains("HTTP/1.1 200"),
+        "request answered: {}",
+        text(&o)
+    );
     assert!(out.contains("TLSv1.3"), "TLS 1.3 by default: {}", text(&o));
     assert_eq!(up.last().uri.path(), "/via-openssl");
-    let xfcc = up.last().headers["x-forwarded-client-cert"].to_str().expect("ascii").to_string();
+    let xfcc = up.last().headers["x-forwarded-client-cert"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
     assert!(xfcc.contains("URI=spiffe://tracseq.local/orders"), "{xfcc}");
 
     let o = blocking(s_client(false)).await;
     let all = text(&o);
-    assert!(!all.contains("HTTP/1.1 200"), "no answer without a client cert: {all}");
-    let n = wait_metric(proxy.admin, "tracseq_proxy_tls_handshakes_total", &[("direction", "inbound"), ("result", "no_client_cert")], 1.0).await;
+    assert!(
+        !all.contains("HTTP/1.1 200"),
+        "no answer without a client cert: {all}"
+    );
+    let n = wait_metric(
+        proxy.admin,
+        "tracseq_proxy_tls_handshakes_total",
+        &[("direction", "inbound"), ("result", "no_client_cert")],
+        1.0,
+    )
+    .await;
     assert_eq!(n, 1.0, "{all}");
 
     // TLS 1.2 is refused unless --tls-min-version 1.2.
@@ -173,12 +248,25 @@ async fn curl_with_a_client_cert_and_http2() {
     let d = pki.dir.path();
     let curl = |extra: &[&str]| {
         let mut c = Command::new("curl");
-        c.args(["-sS", "--max-time", "10", "--resolve", &format!("callee:{port}:127.0.0.1")])
-            .arg("--cacert")
-            .arg(d.join("ca.pem"))
-            .args(extra)
-            .args(["-H", "x-forwarded-client-cert: Hash=00;URI=spiffe://tracseq.local/admin"])
-            .args(["-w", "\n%{http_code} %{http_version}", &format!("https://callee:{port}/via-curl")]);
+        c.args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--resolve",
+            &format!("callee:{port}:127.0.0.1"),
+        ])
+        .arg("--cacert")
+        .arg(d.join("ca.pem"))
+        .args(extra)
+        .args([
+            "-H",
+            "x-forwarded-client-cert: Hash=00;URI=spiffe://tracseq.local/admin",
+        ])
+        .args([
+            "-w",
+            "\n%{http_code} %{http_version}",
+            &format!("https://callee:{port}/via-curl"),
+        ]);
         c
     };
     let cert = d.join("orders.pem");
@@ -188,12 +276,25 @@ async fn curl_with_a_client_cert_and_http2() {
         let o = blocking(curl(&["--cert", cert, "--key", key, flag])).await;
         assert!(o.status.success(), "curl {flag}: {}", text(&o));
         let out = String::from_utf8_lossy(&o.stdout);
-        assert!(out.ends_with(&format!("200 {version}")), "curl {flag}: {out}");
-        let xfcc = up.last().headers["x-forwarded-client-cert"].to_str().expect("ascii").to_string();
-        assert!(xfcc.contains("URI=spiffe://tracseq.local/orders") && !xfcc.contains("admin"), "{xfcc}");
+        assert!(
+            out.ends_with(&format!("200 {version}")),
+            "curl {flag}: {out}"
+        );
+        let xfcc = up.last().headers["x-forwarded-client-cert"]
+            .to_str()
+            .expect("ascii")
+            .to_string();
+        assert!(
+            xfcc.contains("URI=spiffe://tracseq.local/orders") && !xfcc.contains("admin"),
+            "{xfcc}"
+        );
     }
     let o = blocking(curl(&[])).await;
-    assert!(!String::from_utf8_lossy(&o.stdout).contains("200"), "no client cert, no answer: {}", text(&o));
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("200"),
+        "no client cert, no answer: {}",
+        text(&o)
+    );
     assert_eq!(up.count(), 2);
     assert!(proxy.shutdown().await);
 }
@@ -213,12 +314,28 @@ fn startup_with_a_bad_cert_or_key_exits_2_naming_the_file() {
         ("missing cert", &missing, &good.key, "missing.pem"),
         ("unreadable key", &good.cert, &a_dir, "a-directory.pem"),
         ("garbage cert", &garbage, &good.key, "garbage.pem"),
-        ("key of another cert", &good.cert, &other.key, "other-key.pem"),
+        (
+            "key of another cert",
+            &good.cert,
+            &other.key,
+            "other-key.pem",
+        ),
     ];
     for (what, cert, key, named) in cases {
         let o = run(Command::new(BIN)
-            .args(["--upstream", "http://127.0.0.1:9", "--listen", "127.0.0.1:0"])
-            .args(["--outbound-listen", "off", "--admin", "127.0.0.1:0", "--tls-cert"])
+            .args([
+                "--upstream",
+                "http://127.0.0.1:9",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args([
+                "--outbound-listen",
+                "off",
+                "--admin",
+                "127.0.0.1:0",
+                "--tls-cert",
+            ])
             .arg(cert)
             .arg("--tls-key")
             .arg(key)

@@ -113,7 +113,10 @@ mod tests {
     #[test]
     fn exact_and_prefix_patterns() {
         let p = |s: &str| s.parse::<IdentityPattern>().expect("pattern");
-        let a = Allow::new(vec![p("spiffe://tracseq.local/orders"), p("spiffe://lab.local/*")]);
+        let a = Allow::new(vec![
+            p("spiffe://tracseq.local/orders"),
+            p("spiffe://lab.local/*"),
+        ]);
         assert!(a.allows(Some("spiffe://tracseq.local/orders")));
         assert!(a.allows(Some("spiffe://lab.local/anything")));
         assert!(!a.allows(Some("spiffe://tracseq.local/orders2")));

@@ -109,7 +109,12 @@ impl Forward {
 impl Inner {
     /// The pooled client for a TLS peer expected to present `identity`.
     fn for_identity(&self, identity: &Arc<str>) -> Client<Connector, Body> {
-        if let Some(c) = self.by_identity.read().ok().and_then(|m| m.get(identity).cloned()) {
+        if let Some(c) = self
+            .by_identity
+            .read()
+            .ok()
+            .and_then(|m| m.get(identity).cloned())
+        {
             return c;
         }
         let client = self

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use time::OffsetDateTime;
 
@@ -73,7 +73,11 @@ pub fn leaf_params(
                 .try_into()
                 .context("service name is not a valid URI part")?,
         ),
-        SanType::DnsName(service.try_into().context("service name is not a DNS name")?),
+        SanType::DnsName(
+            service
+                .try_into()
+                .context("service name is not a DNS name")?,
+        ),
     ];
     p.is_ca = IsCa::ExplicitNoCa;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -91,7 +95,10 @@ pub fn leaf_params(
 fn ca_params(trust_domain: &str, validity: Duration) -> CertificateParams {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, format!("TracSeq dev CA ({trust_domain})"));
+    dn.push(
+        DnType::CommonName,
+        format!("TracSeq dev CA ({trust_domain})"),
+    );
     dn.push(DnType::OrganizationName, "TracSeq dev");
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -142,14 +149,21 @@ impl DevCa {
     }
 
     pub fn issue(&self, service: &str, validity: Duration) -> anyhow::Result<IssuedCert> {
-        let params = leaf_params(&self.trust_domain, service, now() - BACKDATE, now() + validity)?;
+        let params = leaf_params(
+            &self.trust_domain,
+            service,
+            now() - BACKDATE,
+            now() + validity,
+        )?;
         self.sign(&params)
     }
 
     /// Sign any parameters with a fresh P-256 key.
     pub fn sign(&self, params: &CertificateParams) -> anyhow::Result<IssuedCert> {
         let key = KeyPair::generate().context("generate key")?;
-        let cert = params.signed_by(&key, &self.issuer).context("sign certificate")?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .context("sign certificate")?;
         Ok(IssuedCert {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
@@ -184,7 +198,11 @@ pub fn write_service(
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     write_file(&dir.join("ca.pem"), &ca.ca_pem(), 0o644)?;
     write_file(&dir.join(format!("{service}.pem")), &cert.cert_pem, 0o644)?;
-    write_file(&dir.join(format!("{service}-key.pem")), &cert.key_pem, 0o600)?;
+    write_file(
+        &dir.join(format!("{service}-key.pem")),
+        &cert.key_pem,
+        0o600,
+    )?;
     Ok(())
 }
 
@@ -230,7 +248,10 @@ pub fn run(args: CertsArgs) -> anyhow::Result<()> {
             for s in &services {
                 let c = ca.issue(s, v)?;
                 write_service(&dir, &ca, s, &c)?;
-                println!("wrote {0}/{s}.pem and {s}-key.pem (spiffe://{trust_domain}/{s})", dir.display());
+                println!(
+                    "wrote {0}/{s}.pem and {s}-key.pem (spiffe://{trust_domain}/{s})",
+                    dir.display()
+                );
             }
             Ok(())
         }
@@ -249,7 +270,10 @@ pub fn run(args: CertsArgs) -> anyhow::Result<()> {
             let ca = DevCa::load(&trust_domain, &read("ca.pem")?, &read("ca-key.pem")?)?;
             let c = ca.issue(&service, v)?;
             write_service(&dir, &ca, &service, &c)?;
-            println!("wrote {0}/{service}.pem and {service}-key.pem", dir.display());
+            println!(
+                "wrote {0}/{service}.pem and {service}-key.pem",
+                dir.display()
+            );
             Ok(())
         }
         CertsCommand::Inspect { file } => {
@@ -287,13 +311,25 @@ pub fn inspect(file: &Path) -> anyhow::Result<String> {
         let _ = writeln!(out, "subject:    {}", x.subject());
         let _ = writeln!(out, "issuer:     {}", x.issuer());
         let _ = writeln!(out, "serial:     {}", x.raw_serial_as_string());
-        let _ = writeln!(out, "SANs:       {}", if sans.is_empty() { "(none)".into() } else { sans.join(", ") });
+        let _ = writeln!(
+            out,
+            "SANs:       {}",
+            if sans.is_empty() {
+                "(none)".into()
+            } else {
+                sans.join(", ")
+            }
+        );
         let _ = writeln!(out, "not before: {}", x.validity().not_before);
         let _ = writeln!(
             out,
             "not after:  {} ({})",
             x.validity().not_after,
-            if left < 0 { "EXPIRED".to_string() } else { format!("expires in {} days", left / 86_400) }
+            if left < 0 {
+                "EXPIRED".to_string()
+            } else {
+                format!("expires in {} days", left / 86_400)
+            }
         );
         let _ = writeln!(out, "CA:         {}", x.is_ca());
         let _ = writeln!(out, "sha256:     {}", super::identity::sha256_hex(der));

@@ -51,11 +51,7 @@ impl std::fmt::Debug for ClientTls {
 
 impl ClientTls {
     /// `None` without a trust bundle: peers cannot be verified, so calls stay plaintext.
-    pub fn new(
-        loaded: &Loaded,
-        min_version: TlsVersion,
-        metrics: TlsMetrics,
-    ) -> Option<Self> {
+    pub fn new(loaded: &Loaded, min_version: TlsVersion, metrics: TlsMetrics) -> Option<Self> {
         let state = state(loaded)?;
         Some(Self {
             state: RwLock::new(Arc::new(state)),
@@ -82,7 +78,12 @@ impl ClientTls {
 
     fn config_for(&self, expected: &Arc<str>) -> Result<Arc<ClientConfig>, rustls::Error> {
         let state = self.current();
-        if let Some(c) = state.by_identity.lock().ok().and_then(|m| m.get(expected).cloned()) {
+        if let Some(c) = state
+            .by_identity
+            .lock()
+            .ok()
+            .and_then(|m| m.get(expected).cloned())
+        {
             return Ok(c);
         }
         let verifier = PeerVerifier {
@@ -90,12 +91,11 @@ impl ClientTls {
             expected: expected.clone(),
             algs: rustls::crypto::ring::default_provider().signature_verification_algorithms,
         };
-        let mut config = ClientConfig::builder_with_protocol_versions(super::server::versions(
-            self.min_version,
-        ))
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_cert_resolver(Arc::new(Present(state.certified.clone())));
+        let mut config =
+            ClientConfig::builder_with_protocol_versions(super::server::versions(self.min_version))
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_client_cert_resolver(Arc::new(Present(state.certified.clone())));
         config.alpn_protocols = super::server::ALPN.iter().map(|p| p.to_vec()).collect();
         let config = Arc::new(config);
         if let Ok(mut m) = state.by_identity.lock() {

@@ -72,8 +72,13 @@ fn certs_from(flag: &'static str, path: &Path) -> Result<Vec<CertificateDer<'sta
 pub fn load(paths: &Paths) -> Result<Loaded, LoadError> {
     let chain = certs_from("--tls-cert", &paths.cert)?;
     let key_pem = read("--tls-key", &paths.key)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| err("--tls-key", &paths.key, format!("not a PEM private key: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        err(
+            "--tls-key",
+            &paths.key,
+            format!("not a PEM private key: {e}"),
+        )
+    })?;
     let signer = rustls::crypto::ring::sign::any_supported_type(&key)
         .map_err(|e| err("--tls-key", &paths.key, format!("unsupported key: {e}")))?;
     let leaf = chain[0].clone();
@@ -164,7 +169,11 @@ pub fn sha256_hex(der: &[u8]) -> String {
 /// (one `DNS=` per DNS SAN). Values with characters Envoy would quote are left out.
 pub fn xfcc(der: &[u8]) -> Option<HeaderValue> {
     let (uris, dns) = sans(der);
-    let safe = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic() && !b"\",;=".contains(&b));
+    let safe = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_graphic() && !b"\",;=".contains(&b))
+    };
     let mut v = format!("Hash={}", sha256_hex(der));
     if let Some(u) = uris.iter().find(|u| safe(u)) {
         v.push_str(";URI=");
@@ -188,7 +197,10 @@ mod tests {
         let ca = DevCa::new("tracseq.local", Duration::from_secs(3600)).expect("ca");
         let c = ca.issue("orders", Duration::from_secs(3600)).expect("cert");
         let der = CertificateDer::from_pem_slice(c.cert_pem.as_bytes()).expect("pem");
-        assert_eq!(identity_of(&der).as_deref(), Some("spiffe://tracseq.local/orders"));
+        assert_eq!(
+            identity_of(&der).as_deref(),
+            Some("spiffe://tracseq.local/orders")
+        );
         assert!(names(&der, "orders"));
         assert!(names(&der, "spiffe://tracseq.local/orders"));
         assert!(!names(&der, "spiffe://tracseq.local/billing"));
@@ -196,6 +208,9 @@ mod tests {
         let x = x.to_str().expect("ascii");
         assert!(x.starts_with("Hash="), "{x}");
         assert_eq!(x.split(';').next().map(|h| h.len()), Some(5 + 64));
-        assert!(x.contains(";URI=spiffe://tracseq.local/orders;DNS=orders"), "{x}");
+        assert!(
+            x.contains(";URI=spiffe://tracseq.local/orders;DNS=orders"),
+            "{x}"
+        );
     }
 }

@@ -91,7 +91,9 @@ impl TlsMetrics {
     }
 
     pub fn set_expiry(&self, cert: &'static str, not_after_unix: i64) {
-        self.expiry.get_or_create(&CertLabel { cert }).set(not_after_unix);
+        self.expiry
+            .get_or_create(&CertLabel { cert })
+            .set(not_after_unix);
     }
 }
 
@@ -124,26 +126,26 @@ pub fn rustls_reason(err: &rustls::Error) -> &'static str {
     use rustls::Error as E;
     match err {
         E::NoCertificatesPresented => "no_client_cert",
-        E::InvalidCertificate(c) => match c {
-            CertificateError::UnknownIssuer => "unknown_ca",
-            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
-            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                "not_yet_valid"
+        E::InvalidCertificate(c) => {
+            match c {
+                CertificateError::UnknownIssuer => "unknown_ca",
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                    "not_yet_valid"
+                }
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. } => "bad_identity",
+                CertificateError::InvalidPurpose
+                | CertificateError::InvalidPurposeContext { .. } => "bad_purpose",
+                CertificateError::Other(o) => match o.0.downcast_ref::<Reason>() {
+                    Some(r) => r.0,
+                    None => "bad_certificate",
+                },
+                // A CA that copies our CA's name but holds another key.
+                CertificateError::BadSignature => "bad_signature",
+                _ => "bad_certificate",
             }
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
-                "bad_identity"
-            }
-            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
-                "bad_purpose"
-            }
-            CertificateError::Other(o) => match o.0.downcast_ref::<Reason>() {
-                Some(r) => r.0,
-                None => "bad_certificate",
-            },
-            // A CA that copies our CA's name but holds another key.
-            CertificateError::BadSignature => "bad_signature",
-            _ => "bad_certificate",
-        },
+        }
         E::AlertReceived(a) => match a {
             rustls::AlertDescription::UnknownCA => "peer_unknown_ca",
             rustls::AlertDescription::CertificateRequired => "no_client_cert",

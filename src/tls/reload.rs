@@ -106,14 +106,18 @@ impl Reloader {
                 }
             }
         })?;
-        let dirs: BTreeSet<PathBuf> = [Some(&self.paths.cert), Some(&self.paths.key), self.paths.ca.as_ref()]
-            .into_iter()
-            .flatten()
-            .map(|p| match p.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-                _ => PathBuf::from("."),
-            })
-            .collect();
+        let dirs: BTreeSet<PathBuf> = [
+            Some(&self.paths.cert),
+            Some(&self.paths.key),
+            self.paths.ca.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|p| match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        })
+        .collect();
         for d in &dirs {
             watcher.watch(d, RecursiveMode::NonRecursive)?;
         }

@@ -90,7 +90,12 @@ impl ServerTls {
         let acceptor = TlsAcceptor::from(self.current());
         let result = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
             .await
-            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")));
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "TLS handshake timed out",
+                ))
+            });
         match result {
             Ok(stream) => {
                 self.metrics.handshake(direction, "ok");
@@ -179,7 +184,10 @@ impl ClientCertVerifier for NamingVerifier {
         if parsed.as_ref().is_some_and(|(_, x)| x.is_ca()) {
             return Err(reason("ca_as_leaf"));
         }
-        match self.inner.verify_client_cert(end_entity, intermediates, now) {
+        match self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)
+        {
             Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer))
                 if parsed
                     .as_ref()

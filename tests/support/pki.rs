@@ -116,7 +116,9 @@ pub async fn tls_request(
     req: Request<Full<Bytes>>,
 ) -> Result<TlsResponse, String> {
     let fut = async {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
         let name = ServerName::try_from(server_name.to_string()).map_err(|e| e.to_string())?;
         let tls = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
