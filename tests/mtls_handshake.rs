@@ -184,3 +184,54 @@ async fn allow_identity_answers_other_identities_403() {
     );
     assert!(proxy.shutdown().await);
 }
+
+#[tokio::test]
+async fn optional_client_auth_and_tls12_by_flag() {
+    use tracseq_proxy::config::{ClientAuth, TlsVersion};
+    let pki = Pki::new();
+    let callee = pki.service("callee");
+    let up = Upstream::start().await;
+    let mut cfg = config(up.addr);
+    with_tls(&mut cfg, &callee);
+    cfg.tls.client_auth = ClientAuth::Optional;
+    cfg.tls.min_version = TlsVersion::V1_2;
+    let proxy = start(cfg).await;
+    let addr = proxy.inbound.expect("inbound");
+
+    // A TLS 1.2-only client without a certificate: admitted, but nobody's identity forwarded
+    // (and a spoofed XFCC is still removed).
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::pem::PemObject::pem_slice_iter(pki.ca_pem().as_bytes()) {
+        roots.add(c.expect("pem")).expect("root");
+    }
+    let tls12 = rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS12])
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let req = http::Request::get("/anon")
+        .header("host", "callee")
+        .header(
+            "x-forwarded-client-cert",
+            "URI=spiffe://tracseq.local/admin",
+        )
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let r = tls_request(addr, std::sync::Arc::new(tls12), "callee", req)
+        .await
+        .expect("admitted without a certificate");
+    assert_eq!(r.resp.status, 200);
+    assert!(up.last().headers.get("x-forwarded-client-cert").is_none());
+
+    // With a certificate, the identity is forwarded as usual.
+    let c = pki.ca.issue("orders", DAY).expect("issue");
+    let cfg = client_config(&pki.ca_pem(), Some((&c.cert_pem, &c.key_pem)));
+    let r = tls_request(addr, cfg, "callee", get_req("/known"))
+        .await
+        .expect("admitted");
+    assert_eq!(r.resp.status, 200);
+    let xfcc = up.last().headers["x-forwarded-client-cert"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    assert!(xfcc.contains("URI=spiffe://tracseq.local/orders"), "{xfcc}");
+    assert!(proxy.shutdown().await);
+}
