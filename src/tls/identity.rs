@@ -147,6 +147,14 @@ pub fn identity_of(der: &[u8]) -> Option<String> {
         .or_else(|| dns.first().cloned())
 }
 
+/// The identity in a PEM certificate file, if it can be read (for `--service-name`'s default,
+/// which is decided before the proxy starts).
+pub fn identity_of_file(path: &Path) -> Option<String> {
+    let pem = std::fs::read(path).ok()?;
+    let der = CertificateDer::pem_slice_iter(&pem).next()?.ok()?;
+    identity_of(&der)
+}
+
 /// Whether the certificate names `expected` (a URI SAN, or a DNS SAN ignoring case).
 pub fn names(der: &[u8], expected: &str) -> bool {
     let (uris, dns) = sans(der);
