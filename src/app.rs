@@ -18,6 +18,9 @@ use crate::layers::metrics::HttpMetrics;
 use crate::layers::PolicyMetrics;
 use crate::proxy::server::{ConnMetrics, DrainController, Listener};
 use crate::proxy::{inbound, outbound, Direction};
+use crate::tls::identity::{self, Paths};
+use crate::tls::reload::Reloader;
+use crate::tls::{ClientTls, ServerTls};
 
 /// A running proxy.
 pub struct Running {
@@ -48,7 +51,14 @@ pub async fn start(cfg: Config) -> Result<Running, ConfigError> {
     let conn_metrics = ConnMetrics::register(&mut registry);
     let policy_metrics = PolicyMetrics::register(&mut registry);
     admin::register_build_and_process(&mut registry);
+    let tls_metrics = crate::tls::TlsMetrics::register(&mut registry);
     let readiness = Readiness::new(&[admin::NOT_BOUND]);
+    // The identity is loaded before anything binds: a bad cert or key stops start-up.
+    let tls = load_tls(&cfg, &tls_metrics, &readiness)?;
+    let (server_tls, client_tls) = match &tls {
+        Some(t) => (t.server.clone(), t.client.clone()),
+        None => (None, None),
+    };
 
     // Bind everything first: a port in use fails start-up before anything serves.
     let inbound_l = match cfg.listen {
@@ -76,8 +86,19 @@ pub async fn start(cfg: Config) -> Result<Running, ConfigError> {
         idle_timeout: cfg.idle_timeout,
         metrics: http_metrics.clone(),
         conns: conn_metrics.clone(),
-        tls: None,
+        tls: match direction {
+            Direction::Inbound => server_tls.clone(),
+            Direction::Outbound => None,
+        },
     };
+    if let Some(t) = tls {
+        let watch = t.reloader.watch().map_err(|e| {
+            ConfigError(format!(
+                "--tls-cert: cannot watch the certificate directory: {e}"
+            ))
+        })?;
+        tasks.push(watch);
+    }
     if let Some(l) = inbound_l {
         let stack = inbound::stack(
             &cfg,
@@ -97,6 +118,7 @@ pub async fn start(cfg: Config) -> Result<Running, ConfigError> {
             http_metrics.clone(),
             policy_metrics.clone(),
             &mut registry,
+            client_tls.clone(),
         );
         tasks.push(tokio::spawn(listener(Direction::Outbound).serve(
             l,
@@ -133,6 +155,62 @@ pub async fn start(cfg: Config) -> Result<Running, ConfigError> {
         drain_timeout: cfg.drain_timeout,
         tasks,
     })
+}
+
+struct Tls {
+    server: Option<Arc<ServerTls>>,
+    client: Option<Arc<ClientTls>>,
+    reloader: Arc<Reloader>,
+}
+
+/// Load this sidecar's identity (exit 2 naming the file on failure) and build the TLS sides:
+/// the inbound listener's server config and the client config for peers (with a trust
+/// bundle only: without one, peers cannot be verified and calls stay plaintext).
+fn load_tls(
+    cfg: &Config,
+    metrics: &crate::tls::TlsMetrics,
+    readiness: &Readiness,
+) -> Result<Option<Tls>, ConfigError> {
+    let (Some(cert), Some(key)) = (&cfg.tls.cert, &cfg.tls.key) else {
+        return Ok(None);
+    };
+    readiness.set(admin::NO_IDENTITY);
+    let paths = Paths {
+        cert: cert.clone(),
+        key: key.clone(),
+        ca: cfg.tls.ca.clone(),
+    };
+    let loaded = identity::load(&paths).map_err(|e| ConfigError(e.to_string()))?;
+    let server = match cfg.listen {
+        Some(_) if cfg.upstream.is_some() => Some(Arc::new(
+            ServerTls::new(
+                &loaded,
+                cfg.tls.client_auth,
+                cfg.tls.min_version,
+                metrics.clone(),
+            )
+            .map_err(|e| ConfigError(format!("--tls-ca: {e}")))?,
+        )),
+        _ => None,
+    };
+    let client = ClientTls::new(&loaded, cfg.tls.min_version, metrics.clone()).map(Arc::new);
+    if client.is_none() {
+        tracing::warn!("no --tls-ca: calls to peers are not encrypted (peers cannot be verified)");
+    }
+    let reloader = Arc::new(Reloader::new(
+        paths,
+        server.clone(),
+        client.clone(),
+        metrics.clone(),
+    ));
+    reloader.loaded(&loaded);
+    tracing::info!(identity = ?loaded.identity, "TLS identity loaded");
+    readiness.clear(admin::NO_IDENTITY);
+    Ok(Some(Tls {
+        server,
+        client,
+        reloader,
+    }))
 }
 
 impl Running {

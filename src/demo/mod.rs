@@ -246,13 +246,10 @@ fn configure(
 /// The demo's PKI on disk: `ca.pem`, `<service>.pem`, `<service>-key.pem` (the layout of
 /// `tracseq-proxy certs init`), removed when the demo ends.
 #[derive(Debug)]
-// TODO(merge): drop this allow when mesh_tls is enabled.
-#[allow(dead_code)]
 struct MeshTls {
     dir: PathBuf,
 }
 
-#[allow(dead_code)] // TODO(merge): used once mesh_tls is enabled.
 impl MeshTls {
     /// The SPIFFE identity `DevCa::issue` puts in a service's certificate.
     fn identity(service: &str) -> String {
@@ -270,19 +267,15 @@ impl MeshTls {
 /// A fresh CA (valid for a day: the demo is short-lived) and one certificate per service.
 /// `None` means the mesh runs plain HTTP.
 fn mesh_tls(dir: &Path, services: &[&str]) -> anyhow::Result<Option<MeshTls>> {
-    // TODO(merge): enable when tls::certs lands (tracseq_proxy::tls::certs from the mTLS
-    // branch). Replace the two lines after this comment block with the block (checked on a
-    // scratch merge with the mtls branch: tests/demo.rs passes with mTLS between sidecars):
-    //
-    // use crate::tls::certs::{write_service, DevCa};
-    // const DAY: Duration = Duration::from_secs(86_400);
-    // let ca = DevCa::new(TRUST_DOMAIN, DAY)?;
-    // std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
-    // for service in services {
-    //     let cert = ca.issue(service, DAY)?;
-    //     write_service(dir, &ca, service, &cert)?;
-    // }
-    // Ok(Some(MeshTls { dir: dir.to_path_buf() }))
-    let _ = (dir, services);
-    Ok(None)
+    use crate::tls::certs::{write_service, DevCa};
+    const DAY: Duration = Duration::from_secs(86_400);
+    let ca = DevCa::new(TRUST_DOMAIN, DAY)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+    for service in services {
+        let cert = ca.issue(service, DAY)?;
+        write_service(dir, &ca, service, &cert)?;
+    }
+    Ok(Some(MeshTls {
+        dir: dir.to_path_buf(),
+    }))
 }

@@ -3,6 +3,7 @@
 //! `Layer` + `Service`. This module assembles the per-direction `Policies` (rate limit → load
 //! shed → circuit breaker) and owns their shared metric families.
 
+pub mod authz;
 pub mod circuit_breaker;
 pub mod labels;
 pub mod load_shed;

@@ -24,6 +24,7 @@ use super::upstream::{Forward, H2Policy};
 use super::{headers, ConnMeta, Dest, Direction};
 use crate::config::Config;
 use crate::error::BoxError;
+use crate::layers::authz::AuthzLayer;
 use crate::layers::metrics::{HttpMetrics, MetricsLayer};
 use crate::layers::retry::RetryLayer;
 use crate::layers::{Policies, PolicyMetrics};
@@ -33,7 +34,7 @@ pub fn stack(
     cfg: &Config,
     metrics: Arc<HttpMetrics>,
     policy_metrics: Arc<PolicyMetrics>,
-    _registry: &mut Registry,
+    registry: &mut Registry,
 ) -> impl tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
        + Clone
        + Send
@@ -52,6 +53,7 @@ pub fn stack(
         identity: None,
     };
     let policies = Policies::new(cfg, Direction::Inbound, policy_metrics);
+    let authz = AuthzLayer::new(cfg.tls.allow_identity.clone(), Direction::Inbound, registry);
     ServiceBuilder::new()
         .layer(RequestIdLayer)
         .layer(MetricsLayer::new(
@@ -64,6 +66,7 @@ pub fn stack(
         .layer(PrepareLayer {
             dest: Arc::new(dest),
         })
+        .layer(authz)
         .layer(policies)
         .layer(TimeoutLayer::new(
             cfg.request_timeout,

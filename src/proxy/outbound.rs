@@ -36,6 +36,7 @@ pub fn stack(
     metrics: Arc<HttpMetrics>,
     policy_metrics: Arc<PolicyMetrics>,
     _registry: &mut Registry,
+    tls: Option<Arc<crate::tls::ClientTls>>,
 ) -> impl tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
        + Clone
        + Send
@@ -65,7 +66,7 @@ pub fn stack(
         .service(Forward::new(
             Direction::Outbound,
             H2Policy::FollowDownstream,
-            Connector::new(cfg.connect_timeout),
+            Connector::new(cfg.connect_timeout).with_tls(tls),
             metrics,
         ))
 }

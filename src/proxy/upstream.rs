@@ -3,7 +3,8 @@
 //! TLS peers) so gRPC trailers survive; HTTP/1 requests go out as HTTP/1.1. Upgrades
 //! (WebSocket) are tunnelled byte for byte once both sides switched protocols.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -51,7 +52,16 @@ pub struct Forward {
 struct Inner {
     direction: Direction,
     h2_policy: H2Policy,
+    /// Peers over mTLS: ALPN picks the protocol, and the auto client follows it (a
+    /// connection that negotiated h2 is shared by all requests, whatever their version).
+    alpn: bool,
     h1: Client<Connector, Body>,
+    /// With mTLS, one pool per expected peer identity (from the `--peer` table, so bounded):
+    /// the pool key is only the authority, and two names for one address that expect
+    /// different identities must never share a connection.
+    by_identity: RwLock<HashMap<Arc<str>, Client<Connector, Body>>>,
+    auto_builder: hyper_util::client::legacy::Builder,
+    connector: Connector,
     h2: Client<Connector, Body>,
     metrics: Arc<HttpMetrics>,
 }
@@ -68,7 +78,9 @@ impl Forward {
             .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new());
+        let alpn = connector.is_tls();
         let h1 = b.build(connector.clone());
+        let auto_builder = b.clone();
         let mut b2 = Client::builder(TokioExecutor::new());
         b2.pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
@@ -77,16 +89,41 @@ impl Forward {
             .http2_keep_alive_interval(Duration::from_secs(20))
             .http2_keep_alive_while_idle(false)
             .http2_adaptive_window(true);
-        let h2 = b2.build(connector);
+        let h2 = b2.build(connector.clone());
         Self {
             inner: Arc::new(Inner {
                 direction,
                 h2_policy,
+                alpn,
                 h1,
+                by_identity: RwLock::new(HashMap::new()),
+                auto_builder,
+                connector,
                 h2,
                 metrics,
             }),
         }
+    }
+}
+
+impl Inner {
+    /// The pooled client for a TLS peer expected to present `identity`.
+    fn for_identity(&self, identity: &Arc<str>) -> Client<Connector, Body> {
+        if let Some(c) = self
+            .by_identity
+            .read()
+            .ok()
+            .and_then(|m| m.get(identity).cloned())
+        {
+            return c;
+        }
+        let client = self
+            .auto_builder
+            .build(self.connector.clone().expecting(identity.clone()));
+        if let Ok(mut m) = self.by_identity.write() {
+            return m.entry(identity.clone()).or_insert(client).clone();
+        }
+        client
     }
 }
 
@@ -117,11 +154,13 @@ impl tower::Service<Request<Body>> for Forward {
             *req.uri_mut() = Uri::from_parts(parts)
                 .map_err(|e| ProxyError::new(crate::error::ErrorKind::BadRequest).with_source(e))?;
             let method = Method::from_http(req.method());
-            let use_h2 = req.version() == Version::HTTP_2
+            let use_h2 = !inner.alpn
+                && req.version() == Version::HTTP_2
                 && match inner.h2_policy {
                     H2Policy::FollowDownstream => true,
                     H2Policy::GrpcOnly => is_grpc(req.headers()),
                 };
+            let peer_client;
             let client = if use_h2 {
                 &inner.h2
             } else {
@@ -136,7 +175,13 @@ impl tower::Service<Request<Body>> for Forward {
                     }
                 }
                 *req.version_mut() = Version::HTTP_11;
-                &inner.h1
+                match &dest.identity {
+                    Some(id) if inner.alpn => {
+                        peer_client = inner.for_identity(id);
+                        &peer_client
+                    }
+                    _ => &inner.h1,
+                }
             };
             let start = Instant::now();
             let result = client.request(req).await;

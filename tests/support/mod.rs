@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod metrics;
+pub mod pki;
 pub mod upstream;
 
 use std::net::SocketAddr;

@@ -1,0 +1,170 @@
+//! Two sidecars in one test: caller app → caller's outbound listener → mTLS → callee's inbound
+//! listener → callee app. The callee app learns the caller's SPIFFE identity from
+//! `x-forwarded-client-cert`, never from what the caller wrote; sidecars reuse one HTTP/2
+//! connection; a peer presenting the wrong identity gets no request (502, counted).
+
+mod support;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use support::pki::*;
+use support::*;
+use tracseq_proxy::config::Peer;
+
+fn peer(name: &str, port: u16, identity: &str) -> Peer {
+    Peer {
+        name: name.into(),
+        host: "127.0.0.1".into(),
+        port,
+        identity: Some(identity.into()),
+    }
+}
+
+#[tokio::test]
+async fn caller_identity_reaches_the_callee_and_wrong_peers_are_refused() {
+    let pki = Pki::new();
+    let caller_files = pki.service("caller");
+    let callee_files = pki.service("callee");
+
+    let callee_app = Upstream::start().await;
+    let mut cfg = config(callee_app.addr);
+    with_tls(&mut cfg, &callee_files);
+    let callee = start(cfg).await;
+    let callee_port = callee.inbound.expect("inbound").port();
+
+    let caller_app = Upstream::start().await;
+    let mut cfg = config(caller_app.addr);
+    with_tls(&mut cfg, &caller_files);
+    cfg.peers = vec![
+        peer("callee", callee_port, "spiffe://tracseq.local/callee"),
+        // The same sidecar, but we expect someone else there: must be refused.
+        peer("billing", callee_port, "spiffe://tracseq.local/billing"),
+    ];
+    let caller = start(cfg).await;
+    let out = caller.outbound_addr();
+
+    let client = h1_client();
+    for i in 0..3 {
+        let resp = send(
+            &client,
+            Request::post(format!("http://{out}/api/samples/{i}"))
+                .header("host", "callee")
+                .header(
+                    "x-forwarded-client-cert",
+                    "Hash=00;URI=spiffe://tracseq.local/admin",
+                )
+                .body(Full::new(Bytes::from_static(b"sample")))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+        if resp.status != 200 {
+            let m = caller.metrics().await;
+            let c = callee.metrics().await;
+            let f = |m: &Metrics| {
+                m.text
+                    .lines()
+                    .filter(|l| l.contains("tls_") || l.contains("upstream_errors"))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            panic!(
+                "status {} {}\ncaller:\n{}\ncallee:\n{}",
+                resp.status,
+                resp.text(),
+                f(&m),
+                f(&c)
+            );
+        }
+        assert_eq!(resp.body, "sample");
+    }
+    let seen = callee_app.last();
+    let xfcc: Vec<_> = seen
+        .headers
+        .get_all("x-forwarded-client-cert")
+        .iter()
+        .map(|v| v.to_str().expect("ascii").to_string())
+        .collect();
+    assert_eq!(xfcc.len(), 1, "exactly one XFCC: {xfcc:?}");
+    assert!(
+        xfcc[0].contains("URI=spiffe://tracseq.local/caller"),
+        "{xfcc:?}"
+    );
+    assert!(xfcc[0].contains("DNS=caller"), "{xfcc:?}");
+    assert!(
+        !xfcc[0].contains("admin"),
+        "the spoofed header is gone: {xfcc:?}"
+    );
+    assert_eq!(seen.headers["x-forwarded-proto"], "https");
+
+    // One mTLS connection, HTTP/2 (ALPN), reused by all three requests.
+    let cm = callee.metrics().await;
+    assert_eq!(
+        cm.sum(
+            "tracseq_proxy_tls_handshakes_total",
+            &[("direction", "inbound"), ("result", "ok")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        cm.sum(
+            "tracseq_proxy_tcp_connections_total",
+            &[("direction", "inbound")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        cm.sum(
+            "http_server_request_duration_seconds_count",
+            &[("direction", "inbound"), ("network_protocol_version", "2")]
+        ),
+        3.0
+    );
+
+    // The wrong identity: refused before any request is written.
+    let before = callee_app.count();
+    let resp = send(
+        &client,
+        Request::get(format!("http://{out}/secret"))
+            .header("host", "billing")
+            .body(Full::new(Bytes::new()))
+            .expect("request"),
+    )
+    .await
+    .expect("response");
+    assert_eq!(resp.status, 502);
+    assert_eq!(
+        resp.header("tracseq-proxy-error"),
+        Some("upstream-unavailable")
+    );
+    assert_eq!(
+        callee_app.count(),
+        before,
+        "no request reached the wrong peer's app"
+    );
+    let m = caller.metrics().await;
+    assert!(
+        m.sum(
+            "tracseq_proxy_upstream_errors_total",
+            &[("direction", "outbound"), ("kind", "tls")]
+        ) >= 1.0,
+        "counted as a TLS failure"
+    );
+    assert!(
+        m.sum(
+            "tracseq_proxy_tls_handshakes_total",
+            &[("direction", "outbound"), ("result", "bad_identity")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        m.sum(
+            "tracseq_proxy_tls_handshakes_total",
+            &[("direction", "outbound"), ("result", "ok")]
+        ),
+        1.0
+    );
+    assert!(caller.shutdown().await);
+    assert!(callee.shutdown().await);
+}

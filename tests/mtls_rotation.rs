@@ -1,0 +1,185 @@
+//! Certificate rotation under load: a client keeps opening new mTLS connections while the
+//! certificate and key are replaced by rename into place (what a secret update does); no
+//! request fails and new handshakes present the new certificate. Broken files (mismatched
+//! key, garbage) keep the current identity and count `reloads{result="error"}`.
+
+mod support;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use support::pki::*;
+use support::*;
+
+const RELOADS: &str = "tracseq_proxy_tls_cert_reloads_total";
+
+/// Replace `path` atomically: write a sibling temp file, then rename it over the original.
+fn replace(path: &Path, contents: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).expect("write temp");
+    std::fs::rename(&tmp, path).expect("rename into place");
+}
+
+fn pem_serial(pem: &str) -> String {
+    serial(&CertificateDer::from_pem_slice(pem.as_bytes()).expect("pem"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_under_load_fails_no_request() {
+    let pki = Pki::new();
+    let callee = pki.service("callee");
+    let up = Upstream::start().await;
+    let mut cfg = config(up.addr);
+    with_tls(&mut cfg, &callee);
+    let proxy = start(cfg).await;
+    let addr = proxy.inbound.expect("inbound");
+    let client = pki.ca.issue("orders", DAY).expect("client cert");
+    let tls = client_config(&pki.ca_pem(), Some((&client.cert_pem, &client.key_pem)));
+
+    let old_serial = pem_serial(&callee.issued.cert_pem);
+    let next = pki.ca.issue("callee", DAY).expect("rotated cert");
+    let new_serial = pem_serial(&next.cert_pem);
+    assert_ne!(old_serial, new_serial);
+
+    // The load: one request per new connection, bounded by count and time.
+    let done = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+    let load = {
+        let (done, stop, seen, failures, tls) = (
+            done.clone(),
+            stop.clone(),
+            seen.clone(),
+            failures.clone(),
+            tls.clone(),
+        );
+        let old_serial = old_serial.clone();
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+            let mut new_seen = 0;
+            for _ in 0..2000 {
+                if tokio::time::Instant::now() > deadline || stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match tls_request(addr, tls.clone(), "callee", get_req("/load")).await {
+                    Ok(r) if r.resp.status == 200 => {
+                        let s = serial(&r.server_cert);
+                        seen.lock().expect("lock").push(s);
+                    }
+                    Ok(r) => failures
+                        .lock()
+                        .expect("lock")
+                        .push(format!("status {}", r.resp.status)),
+                    Err(e) => failures.lock().expect("lock").push(e),
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+                if seen.lock().expect("lock").last().map(String::as_str)
+                    != Some(old_serial.as_str())
+                {
+                    new_seen += 1;
+                    // Enough handshakes with the new certificate: stop early.
+                    if new_seen >= 20 {
+                        break;
+                    }
+                }
+            }
+        })
+    };
+
+    // Rotate once some traffic has flowed.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while done.load(Ordering::Relaxed) < 10 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    replace(&callee.cert, &next.cert_pem);
+    replace(&callee.key, &next.key_pem);
+    let ok = wait_metric(proxy.admin, RELOADS, &[("result", "ok")], 1.0).await;
+    assert!(ok >= 1.0, "the new files were loaded");
+    let _ = tokio::time::timeout(WAIT, load)
+        .await
+        .expect("load loop ends");
+    stop.store(true, Ordering::Relaxed);
+
+    let failures = failures.lock().expect("lock").clone();
+    let seen = seen.lock().expect("lock").clone();
+    assert!(
+        failures.is_empty(),
+        "failed requests during rotation: {failures:?}"
+    );
+    assert!(seen.len() >= 10, "load ran: {} requests", seen.len());
+    let first_new = seen
+        .iter()
+        .position(|s| *s == new_serial)
+        .unwrap_or_else(|| {
+            panic!(
+                "no handshake presented the new certificate ({} requests)",
+                seen.len()
+            )
+        });
+    assert!(
+        seen[first_new..].iter().all(|s| *s == new_serial),
+        "after the first new handshake, every handshake presents the new certificate"
+    );
+    assert!(seen[..first_new]
+        .iter()
+        .all(|s| *s == old_serial || *s == new_serial));
+
+    // Broken files keep the current (rotated) identity and count an error.
+    let served = || async {
+        let r = tls_request(addr, tls.clone(), "callee", get_req("/after"))
+            .await
+            .expect("request");
+        assert_eq!(r.resp.status, 200);
+        serial(&r.server_cert)
+    };
+    // (A reload that ran between the two renames above may have counted an error already.)
+    let e0 = proxy.metrics().await.sum(RELOADS, &[("result", "error")]);
+    let other = pki.ca.issue("callee", DAY).expect("other key");
+    replace(&callee.key, &other.key_pem); // does not match the certificate
+    assert_eq!(
+        wait_metric(proxy.admin, RELOADS, &[("result", "error")], e0 + 1.0).await,
+        e0 + 1.0
+    );
+    assert_eq!(
+        served().await,
+        new_serial,
+        "a mismatched key keeps the old identity"
+    );
+
+    let ok = proxy.metrics().await.sum(RELOADS, &[("result", "ok")]);
+    replace(&callee.key, &next.key_pem);
+    assert!(wait_metric(proxy.admin, RELOADS, &[("result", "ok")], ok + 1.0).await >= ok + 1.0);
+    replace(
+        &callee.cert,
+        "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
+    );
+    assert_eq!(
+        wait_metric(proxy.admin, RELOADS, &[("result", "error")], e0 + 2.0).await,
+        e0 + 2.0
+    );
+    assert_eq!(
+        served().await,
+        new_serial,
+        "a garbage certificate keeps the old identity"
+    );
+
+    let m = proxy.metrics().await;
+    let expiry = m.sum(
+        "tracseq_proxy_tls_cert_expiration_timestamp_seconds",
+        &[("cert", "identity")],
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!(
+        expiry > now && expiry < now + 2.0 * DAY.as_secs_f64(),
+        "expiry of the rotated cert: {expiry}"
+    );
+    assert!(proxy.shutdown().await);
+}
