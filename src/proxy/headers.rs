@@ -33,6 +33,7 @@ fn tokens(v: &HeaderValue) -> impl Iterator<Item = &str> {
 /// Remove hop-by-hop headers: the fixed set and any header named by `Connection`. With
 /// `keep_upgrade`, `Upgrade` and `Connection: upgrade` survive so the handshake reaches the
 /// other side. `TE: trailers` survives: gRPC servers require it to know trailers are read.
+/// `Trailer` survives too: it is end-to-end and announces the trailers of a chunked body.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Fast path: most requests carry none of them.
     let named: Vec<HeaderName> = headers
@@ -51,7 +52,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     headers.remove(header::TRANSFER_ENCODING);
     headers.remove(header::PROXY_AUTHENTICATE);
     headers.remove(header::PROXY_AUTHORIZATION);
-    headers.remove(header::TRAILER);
+    // `Trailer` is end-to-end (RFC 9110 §6.6.2), not hop-by-hop: HTTP/1.1 peers (hyper among
+    // them) only send the trailer fields it announces, so dropping it loses the trailers.
     if let Some(te) = headers.get(header::TE) {
         let trailers = tokens(te).any(|t| t.eq_ignore_ascii_case("trailers"));
         headers.remove(header::TE);

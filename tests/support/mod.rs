@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod metrics;
+pub mod raw;
 pub mod upstream;
 
 use std::net::SocketAddr;

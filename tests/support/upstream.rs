@@ -161,7 +161,10 @@ async fn handle(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Recorded>>>) -> 
                 Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"with trailers"))),
                 Ok(Frame::trailers(trailers)),
             ];
-            Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed())
+            let mut r = Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed());
+            // HTTP/1.1 sends only the trailer fields announced here.
+            r.headers_mut().insert("trailer", "grpc-status".parse().expect("value"));
+            r
         }
         "ws" => {
             let upgrade = hyper::upgrade::on(&mut req);

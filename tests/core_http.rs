@@ -1,0 +1,422 @@
+//! The data path end to end (issue 2): every method over HTTP/1.1 and h2c, chunked uploads,
+//! trailers, WebSocket tunnelling, outbound absolute-form and Host routing (directly and
+//! through a second proxy), hop-by-hop and forwarding headers, and curl as a real client.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Request, Version};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use support::raw::*;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+
+#[tokio::test]
+async fn every_method_over_h1_and_h2c() {
+    let up = Upstream::start().await;
+    let proxy = start(config(up.addr)).await;
+    for (client, proto) in [(h1_client(), "1.1"), (h2_client(), "2")] {
+        for m in METHODS {
+            let body: &'static [u8] = match m {
+                "POST" | "PUT" | "PATCH" => b"payload",
+                _ => b"",
+            };
+            let req = Request::builder()
+                .method(m)
+                .uri(proxy.inbound_url(&format!("/echo/{m}")))
+                .body(Full::new(Bytes::from_static(body)))
+                .expect("request");
+            let resp = send(&client, req).await.expect("response");
+            assert_eq!(resp.status, 200, "{m} over {proto}");
+            assert_eq!(resp.header("x-upstream-method"), Some(m), "{m} over {proto}");
+            // The local app gets HTTP/1.1 unless the request is gRPC.
+            assert_eq!(resp.header("x-upstream-version"), Some("HTTP/1.1"));
+            assert!(resp.header("x-request-id").is_some());
+            if m != "HEAD" {
+                assert_eq!(resp.body, body, "{m} over {proto}");
+            }
+            let seen = up.last();
+            assert_eq!(seen.uri.path(), format!("/echo/{m}"));
+            assert!(seen.headers.contains_key("host"), "HTTP/1.1 to the app needs Host");
+        }
+    }
+    let metrics = proxy.metrics().await;
+    for m in METHODS {
+        for proto in ["1.1", "2"] {
+            let n = metrics.sum(
+                "http_server_request_duration_seconds_count",
+                &[
+                    ("direction", "inbound"),
+                    ("http_request_method", m),
+                    ("network_protocol_version", proto),
+                    ("http_response_status_code", "200"),
+                ],
+            );
+            assert_eq!(n, 1.0, "{m} over {proto}");
+        }
+    }
+    assert!(proxy.shutdown().await);
+}
+
+#[tokio::test]
+async fn chunked_upload_is_streamed_without_a_length() {
+    let up = Upstream::start().await;
+    let proxy = start(config(up.addr)).await;
+    for h2 in [false, true] {
+        let client = stream_client(h2);
+        let req = Request::post(proxy.inbound_url("/upload"))
+            .body(generated_body(100_000, 4096))
+            .expect("request");
+        let resp = tokio::time::timeout(WAIT, client.request(req))
+            .await
+            .expect("in time")
+            .expect("response");
+        assert_eq!(resp.status(), 200);
+        let n = count_body(resp.into_body()).await.expect("body");
+        assert_eq!(n, 100_000, "h2={h2}");
+        let seen = up.last();
+        assert!(seen.headers.get("content-length").is_none(), "h2={h2}: no length was known");
+        assert_eq!(
+            seen.headers.get("transfer-encoding").map(|v| v.as_bytes()),
+            Some(&b"chunked"[..]),
+            "h2={h2}"
+        );
+    }
+    assert!(proxy.shutdown().await);
+}
+
+#[tokio::test]
+async fn grpc_trailers_survive_over_h2() {
+    let up = Upstream::start().await;
+    let proxy = start(config(up.addr)).await;
+    let req = Request::post(proxy.inbound_url("/trailers"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = send(&h2_client(), req).await.expect("response");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, "with trailers");
+    let trailers = resp.trailers.expect("trailers arrive");
+    assert_eq!(trailers["grpc-status"], "0");
+    let seen = up.last();
+    assert_eq!(seen.version, Version::HTTP_2, "gRPC goes to the app over h2c");
+    assert_eq!(seen.headers["te"], "trailers");
+    assert!(proxy.shutdown().await);
+}
+
+#[tokio::test]
+async fn h1_trailers_with_te_trailers() {
+    let up = Upstream::start().await;
+    let proxy = start(config(up.addr)).await;
+    let req = Request::get(proxy.inbound_url("/trailers"))
+        .header("te", "trailers")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = send(&h1_client(), req).await.expect("response");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, "with trailers");
+    let trailers = resp.trailers.expect("trailers arrive over chunked HTTP/1.1");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert!(proxy.shutdown().await);
+}
+
+const WS_HANDSHAKE: &str = "GET /ws HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+async fn websocket_echo(addr: SocketAddr, handshake: &str) {
+    let mut s = connect(addr).await;
+    s.write_all(handshake.as_bytes()).await.expect("write");
+    let (head, rest) = read_head(&mut s).await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    assert!(header_of(&head, "upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")));
+    assert!(rest.is_empty());
+    for msg in [&b"hello through the tunnel"[..], b"second message"] {
+        s.write_all(msg).await.expect("write");
+        let mut buf = vec![0u8; msg.len()];
+        tokio::time::timeout(WAIT, s.read_exact(&mut buf))
+            .await
+            .expect("echo in time")
+            .expect("echo");
+        assert_eq!(buf, msg);
+    }
+}
+
+#[tokio::test]
+async fn websocket_is_tunnelled_inbound_and_outbound() {
+    let up = Upstream::start().await;
+    let proxy = start(config(up.addr)).await;
+    websocket_echo(proxy.inbound.expect("inbound"), WS_HANDSHAKE).await;
+    let seen = up.last();
+    assert_eq!(seen.headers["upgrade"], "websocket");
+
+    let mut cfg = config(up.addr);
+    cfg.peers = vec![format!("chat=127.0.0.1:{}", proxy.inbound.expect("inbound").port())
+        .parse()
+        .expect("peer")];
+    let front = start(cfg).await;
+    let via_outbound = WS_HANDSHAKE.replace("Host: app", "Host: chat");
+    websocket_echo(front.outbound_addr(), &via_outbound).await;
+    assert!(front.shutdown().await);
+    assert!(proxy.shutdown().await);
+}
+
+/// Send one HTTP/1.1 request exactly as built (absolute-form stays absolute-form).
+async fn send_as_is(addr: SocketAddr, req: Request<Full<Bytes>>) -> Collected {
+    let tcp = connect(addr).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let resp = tokio::time::timeout(WAIT, sender.send_request(req))
+        .await
+        .expect("in time")
+        .expect("response");
+    collect(resp).await.expect("body")
+}
+
+fn empty_get(uri: &str) -> http::request::Builder {
+    Request::get(uri)
+}
+
+#[tokio::test]
+async fn outbound_absolute_form_host_routing_and_second_hop() {
+    let up = Upstream::start().await;
+    let callee = start(config(up.addr)).await;
+    let mut cfg = config(up.addr);
+    cfg.peers = vec![
+        format!("direct=127.0.0.1:{}", up.addr.port()).parse().expect("peer"),
+        format!("mesh=127.0.0.1:{}", callee.inbound.expect("inbound").port())
+            .parse()
+            .expect("peer"),
+    ];
+    // Unknown names go to NAME:--peer-port; `localhost` resolves without any DNS server.
+    cfg.peer_port = up.addr.port();
+    let caller = start(cfg).await;
+    let out = caller.outbound_addr();
+
+    // Absolute-form, straight to the app.
+    let r = send_as_is(
+        out,
+        empty_get("http://direct/abs/path?q=1")
+            .body(Full::new(Bytes::new()))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-upstream-path"), Some("/abs/path"));
+    let seen = up.last();
+    assert_eq!(seen.uri.path(), "/abs/path");
+    assert_eq!(seen.uri.query(), Some("q=1"));
+    assert_eq!(seen.headers["host"], "direct");
+
+    // Absolute-form through the callee's sidecar (a second proxy hop).
+    let r = send_as_is(
+        out,
+        empty_get("http://mesh:9999/via/mesh")
+            .body(Full::new(Bytes::new()))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last();
+    assert_eq!(seen.uri.path(), "/via/mesh");
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+
+    // Origin-form with Host naming the service; the caller's port is ignored.
+    let r = send_as_is(
+        out,
+        empty_get("/by/host")
+            .header("host", "Mesh:1234")
+            .body(Full::new(Bytes::new()))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.last().uri.path(), "/by/host");
+
+    // Unknown name: NAME:--peer-port.
+    let r = send_as_is(
+        out,
+        empty_get("http://localhost/default/port")
+            .body(Full::new(Bytes::new()))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.last().uri.path(), "/default/port");
+
+    // h2c from the app (`:authority` names the service): HTTP/2 to the peer sidecar, HTTP/1.1
+    // from there to the app.
+    let tcp = connect(out).await;
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let resp = tokio::time::timeout(
+        WAIT,
+        h2.send_request(
+            Request::post("http://mesh/h2/out")
+                .body(Full::new(Bytes::from_static(b"over h2")))
+                .expect("request"),
+        ),
+    )
+    .await
+    .expect("in time")
+    .expect("response");
+    let r = collect(resp).await.expect("body");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body, "over h2");
+    assert_eq!(up.last().version, Version::HTTP_11);
+
+    // No destination at all.
+    let r = send_as_is(
+        out,
+        Request::get("/nowhere")
+            .header("host", "")
+            .body(Full::new(Bytes::new()))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.header("tracseq-proxy-error"), Some("bad-request"));
+
+    let m = caller.metrics().await;
+    assert_eq!(
+        m.sum(
+            "http_client_request_duration_seconds_count",
+            &[("direction", "outbound"), ("server_address", "mesh")]
+        ),
+        3.0
+    );
+    assert!(caller.shutdown().await);
+    assert!(callee.shutdown().await);
+}
+
+#[tokio::test]
+async fn hop_by_hop_stripped_and_forwarding_headers_set() {
+    let up = Upstream::start().await;
+    let proxy = start(config(up.addr)).await;
+    let inbound = proxy.inbound.expect("inbound");
+    let r = send_as_is(
+        inbound,
+        Request::post("/headers")
+            .header("host", "app")
+            .header("connection", "x-secret, keep-alive")
+            .header("x-secret", "must not pass")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-connection", "keep-alive")
+            .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+            .header("x-forwarded-client-cert", "Hash=forged;URI=spiffe://evil")
+            .header("x-request-id", "req-123")
+            .header("x-forwarded-for", "10.9.8.7")
+            .header("x-app", "kept")
+            .body(Full::new(Bytes::from_static(b"b")))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-request-id"), Some("req-123"));
+    let seen = up.last();
+    for gone in [
+        "x-secret",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "x-forwarded-client-cert",
+    ] {
+        assert!(seen.headers.get(gone).is_none(), "{gone} reached the upstream");
+    }
+    if let Some(c) = seen.headers.get("connection") {
+        assert!(!c.to_str().unwrap_or("").contains("x-secret"));
+    }
+    assert_eq!(seen.headers["x-forwarded-for"], "10.9.8.7, 127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(seen.headers["x-request-id"], "req-123");
+    assert_eq!(seen.headers["x-app"], "kept");
+
+    // Without an id, one is generated, sent upstream and returned.
+    let r = send(
+        &h1_client(),
+        Request::get(proxy.inbound_url("/no-id"))
+            .body(Full::new(Bytes::new()))
+            .expect("request"),
+    )
+    .await
+    .expect("response");
+    let id = r.header("x-request-id").expect("generated id").to_string();
+    assert_eq!(id.len(), 36, "{id}");
+    assert_eq!(up.last().headers["x-request-id"], id.as_str());
+
+    // The proxy's own answers carry the id too.
+    let refused = free_port_addr().await;
+    let dead = start(config(refused)).await;
+    let r = send(
+        &h1_client(),
+        Request::get(dead.inbound_url("/x"))
+            .header("x-request-id", "mine")
+            .body(Full::new(Bytes::new()))
+            .expect("request"),
+    )
+    .await
+    .expect("response");
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("x-request-id"), Some("mine"));
+    assert!(dead.shutdown().await);
+    assert!(proxy.shutdown().await);
+}
+
+/// An address nothing listens on (bound, then released).
+async fn free_port_addr() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    l.local_addr().expect("addr")
+}
+
+async fn curl(args: &[&str]) -> String {
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .args(args)
+            .output(),
+    )
+    .await
+    .expect("curl in time")
+    .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "curl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn curl_h1_h2c_and_proxy_mode() {
+    require_tool("curl", "apt-get install curl");
+    let up = Upstream::start().await;
+    let mut cfg = config(up.addr);
+    cfg.peers = vec![format!("app=127.0.0.1:{}", up.addr.port()).parse().expect("peer")];
+    let proxy = start(cfg).await;
+    let url = proxy.inbound_url("/curl");
+    let out = curl(&["-D", "-", "--data-binary", "from curl", &url]).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.to_ascii_lowercase().contains("x-request-id:"), "{out}");
+    assert!(out.ends_with("from curl"), "{out}");
+
+    let out = curl(&["--http2-prior-knowledge", "-D", "-", "--data-binary", "h2 body", &url]).await;
+    assert!(out.starts_with("HTTP/2 200"), "{out}");
+    assert!(out.ends_with("h2 body"), "{out}");
+
+    // curl as the app with HTTP_PROXY pointing at the outbound listener (absolute-form).
+    let proxy_url = format!("http://{}", proxy.outbound_addr());
+    let out = curl(&["-x", &proxy_url, "-w", "%{http_code}", "http://app/through/proxy"]).await;
+    assert!(out.ends_with("200"), "{out}");
+    assert_eq!(up.last().uri.path(), "/through/proxy");
+    assert!(proxy.shutdown().await);
+}
