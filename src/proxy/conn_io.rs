@@ -150,15 +150,21 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TimedIo<T> {
     /// Checks the deadline; `Ready` means the connection must end now.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            let (at, kind) = match self.armed {
-                // A re-check or idle deadline armed earlier may be stale (activity since); it
-                // is recomputed when it fires rather than re-armed on every read.
-                Some(armed) => armed,
-                None => {
-                    let d = self.deadline();
-                    self.sleep.as_mut().reset(d.0);
-                    self.armed = Some(d);
-                    d
+            let want = self.deadline();
+            let (_, kind) = match self.armed {
+                // A re-check is periodic by nature; an idle deadline armed earlier than the
+                // current one is merely stale (activity since) and is recomputed when it fires.
+                // Anything else is re-armed: e.g. a header deadline armed before hyper started
+                // the request would otherwise hold back the (earlier) idle deadline after it.
+                Some((at, kind))
+                    if kind == want.1 && (kind == Deadline::Recheck || at <= want.0) =>
+                {
+                    (at, kind)
+                }
+                _ => {
+                    self.sleep.as_mut().reset(want.0);
+                    self.armed = Some(want);
+                    want
                 }
             };
             if std::future::Future::poll(self.sleep.as_mut(), cx).is_pending() {
@@ -166,7 +172,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TimedIo<T> {
             }
             let (now_at, now_kind) = self.deadline();
             if now_kind == kind && now_at <= Instant::now() && kind != Deadline::Recheck {
-                let _ = at;
                 return Poll::Ready(self.expire(cx, kind));
             }
             self.armed = None;
