@@ -72,7 +72,9 @@ async fn bodies_small_and_huge_stream_both_ways() {
             .expect("echo");
             assert_eq!(r.status, 200);
             assert_eq!(r.body, payload, "{proto} {size} B up and back");
-            let r = get(&proxy.inbound_url(&format!("/bytes/{size}"))).await.expect("download");
+            let r = get(&proxy.inbound_url(&format!("/bytes/{size}")))
+                .await
+                .expect("download");
             assert_eq!(r.body.len(), size, "{proto} {size} B down");
         }
     }
@@ -87,7 +89,10 @@ async fn bodies_small_and_huge_stream_both_ways() {
             )
             .await
             .expect("warm-up");
-        assert_eq!(count_body(resp.into_body()).await.expect("warm-up body"), 1024 * 1024);
+        assert_eq!(
+            count_body(resp.into_body()).await.expect("warm-up body"),
+            1024 * 1024
+        );
     }
 
     for h2 in [false, true] {

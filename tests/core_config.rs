@@ -2,8 +2,6 @@
 //! and start-up errors that exit 2 with one line naming the flag (the real binary). The
 //! environment is process-global, so every test here that parses or spawns holds `ENV`.
 
-mod support;
-
 use std::io::Write as _;
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
@@ -12,6 +10,9 @@ use std::time::Duration;
 use tracseq_proxy::config::{try_from_args, Config, Invocation};
 
 static ENV: Mutex<()> = Mutex::new(());
+
+/// Arguments, environment, and the text stderr must contain.
+type Case<'a> = (Vec<String>, Vec<(&'a str, &'a str)>, &'a str);
 
 fn env_lock() -> MutexGuard<'static, ()> {
     ENV.lock().unwrap_or_else(|p| p.into_inner())
@@ -42,7 +43,10 @@ fn defaults_are_the_contracts() {
     let cfg = parse(&["--upstream", "http://127.0.0.1:8080"]).expect("valid");
     assert_eq!(cfg.upstream.expect("upstream").as_str(), "127.0.0.1:8080");
     assert_eq!(cfg.listen, Some("0.0.0.0:8443".parse().expect("addr")));
-    assert_eq!(cfg.outbound_listen, Some("127.0.0.1:15001".parse().expect("addr")));
+    assert_eq!(
+        cfg.outbound_listen,
+        Some("127.0.0.1:15001".parse().expect("addr"))
+    );
     assert_eq!(cfg.admin, "0.0.0.0:9901".parse().expect("addr"));
     assert_eq!(cfg.peer_port, 8443);
     assert_eq!(cfg.breaker_failures, 5);
@@ -58,7 +62,13 @@ fn defaults_are_the_contracts() {
 
     let cfg = parse(&["--outbound-only", "--outbound-listen", "127.0.0.1:0"]).expect("valid");
     assert!(cfg.upstream.is_none() && cfg.listen.is_none());
-    let cfg = parse(&["--upstream", "http://127.0.0.1:1", "--outbound-listen", "off"]).expect("valid");
+    let cfg = parse(&[
+        "--upstream",
+        "http://127.0.0.1:1",
+        "--outbound-listen",
+        "off",
+    ])
+    .expect("valid");
     assert!(cfg.outbound_listen.is_none());
 }
 
@@ -72,20 +82,34 @@ fn precedence_flag_over_env_over_file_over_default() {
 
     // File over default.
     let cfg = parse(&["--config", path]).expect("valid");
-    assert_eq!(cfg.upstream.as_ref().expect("upstream").as_str(), "127.0.0.1:7000");
+    assert_eq!(
+        cfg.upstream.as_ref().expect("upstream").as_str(),
+        "127.0.0.1:7000"
+    );
     assert_eq!(cfg.request_timeout, Duration::from_millis(500));
     assert_eq!(cfg.idle_timeout, Duration::from_secs(5));
     assert_eq!(cfg.peers.len(), 2);
     assert_eq!(cfg.peers[1].identity.as_deref(), Some("spiffe://t/samples"));
     assert!(cfg.access_log);
     assert_eq!(cfg.workers, 3);
-    assert_eq!(cfg.connect_timeout, Duration::from_secs(1), "default where nothing is set");
+    assert_eq!(
+        cfg.connect_timeout,
+        Duration::from_secs(1),
+        "default where nothing is set"
+    );
 
     // Env over file; flag over env.
     std::env::set_var("TRACSEQ_PROXY_REQUEST_TIMEOUT", "2s");
     std::env::set_var("TRACSEQ_PROXY_PEER", "billing=127.0.0.1:9100");
     let env = parse(&["--config", path]);
-    let flag = parse(&["--config", path, "--request-timeout", "3s", "--peer", "x=127.0.0.1:1"]);
+    let flag = parse(&[
+        "--config",
+        path,
+        "--request-timeout",
+        "3s",
+        "--peer",
+        "x=127.0.0.1:1",
+    ]);
     std::env::remove_var("TRACSEQ_PROXY_REQUEST_TIMEOUT");
     std::env::remove_var("TRACSEQ_PROXY_PEER");
     std::env::set_var("TRACSEQ_PROXY_CONFIG", path);
@@ -96,7 +120,11 @@ fn precedence_flag_over_env_over_file_over_default() {
     assert_eq!(env.request_timeout, Duration::from_secs(2));
     assert_eq!(env.peers.len(), 1);
     assert_eq!(env.peers[0].name, "billing");
-    assert_eq!(env.idle_timeout, Duration::from_secs(5), "the file still fills the rest");
+    assert_eq!(
+        env.idle_timeout,
+        Duration::from_secs(5),
+        "the file still fills the rest"
+    );
     let flag = flag.expect("valid");
     assert_eq!(flag.request_timeout, Duration::from_secs(3));
     assert_eq!(flag.peers[0].name, "x");
@@ -131,13 +159,19 @@ fn bad_values_name_the_flag_and_where_it_came_from() {
 
     let file = toml_file("upstream = \"http://127.0.0.1:1\"\nconnect-timeout = \"soon\"\n");
     let err = parse(&["--config", file.path().to_str().expect("path")]).expect_err("invalid");
-    assert!(err.starts_with("--connect-timeout (key `connect-timeout` in "), "{err}");
+    assert!(
+        err.starts_with("--connect-timeout (key `connect-timeout` in "),
+        "{err}"
+    );
 
     std::env::set_var("TRACSEQ_PROXY_DRAIN_TIMEOUT", "forever");
     let err = parse(&up);
     std::env::remove_var("TRACSEQ_PROXY_DRAIN_TIMEOUT");
     let err = err.expect_err("invalid");
-    assert!(err.starts_with("--drain-timeout (from TRACSEQ_PROXY_DRAIN_TIMEOUT)"), "{err}");
+    assert!(
+        err.starts_with("--drain-timeout (from TRACSEQ_PROXY_DRAIN_TIMEOUT)"),
+        "{err}"
+    );
 }
 
 /// Run the binary; returns (exit code, stderr).
@@ -148,7 +182,10 @@ fn run_bin(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
         cmd.env(k, v);
     }
     let out = cmd.output().expect("binary runs");
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -164,23 +201,45 @@ fn binary_start_up_errors_exit_2_with_one_line() {
     let with_up = |rest: &[&'static str]| -> Vec<String> {
         up.iter().chain(rest).map(|s| s.to_string()).collect()
     };
-    let cases: Vec<(Vec<String>, Vec<(&str, &str)>, &str)> = vec![
-        (with_up(&["--request-timeout", "abc"]), vec![], "--request-timeout"),
+    let cases: Vec<Case> = vec![
+        (
+            with_up(&["--request-timeout", "abc"]),
+            vec![],
+            "--request-timeout",
+        ),
         (with_up(&["--bogus-flag"]), vec![], "--bogus-flag"),
         (vec![], vec![], "--upstream"),
-        (vec!["--config".into(), bad_key_path.clone()], vec![], "request-timout"),
-        (vec!["--config".into(), bad_toml_path.clone()], vec![], "--config"),
-        (vec!["--config".into(), "/nonexistent/tracseq.toml".into()], vec![], "--config"),
+        (
+            vec!["--config".into(), bad_key_path.clone()],
+            vec![],
+            "request-timout",
+        ),
+        (
+            vec!["--config".into(), bad_toml_path.clone()],
+            vec![],
+            "--config",
+        ),
+        (
+            vec!["--config".into(), "/nonexistent/tracseq.toml".into()],
+            vec![],
+            "--config",
+        ),
         (
             with_up(&[]),
             vec![("TRACSEQ_PROXY_REQUEST_TIMEOUT", "abc")],
             "TRACSEQ_PROXY_REQUEST_TIMEOUT",
         ),
         (
-            with_up(&["--outbound-listen", "off", "--admin", "127.0.0.1:0", "--listen"])
-                .into_iter()
-                .chain([taken_addr.clone()])
-                .collect(),
+            with_up(&[
+                "--outbound-listen",
+                "off",
+                "--admin",
+                "127.0.0.1:0",
+                "--listen",
+            ])
+            .into_iter()
+            .chain([taken_addr.clone()])
+            .collect(),
             vec![],
             "--listen",
         ),
@@ -189,8 +248,15 @@ fn binary_start_up_errors_exit_2_with_one_line() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (code, stderr) = run_bin(&args, &env);
         assert_eq!(code, Some(2), "{args:?} {env:?}: {stderr}");
-        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: one line, got {stderr:?}");
-        assert!(stderr.contains(needle), "{args:?}: {stderr:?} should name {needle}");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{args:?}: one line, got {stderr:?}"
+        );
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: {stderr:?} should name {needle}"
+        );
     }
     drop(taken);
 
@@ -199,7 +265,10 @@ fn binary_start_up_errors_exit_2_with_one_line() {
             .arg("--help")
             .output()
             .expect("binary runs");
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).contains("--request-timeout"))
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).contains("--request-timeout"),
+        )
     };
     assert_eq!(code, Some(0));
     assert!(stdout_is_help);

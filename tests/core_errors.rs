@@ -19,7 +19,9 @@ use tokio::io::AsyncWriteExt;
 const PROXY_ERROR: &str = "tracseq-proxy-error";
 
 async fn free_addr() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     l.local_addr().expect("addr")
 }
 
@@ -48,7 +50,10 @@ async fn upstream_refused_is_502_upstream_unavailable() {
     assert_eq!(
         m.sum(
             "http_server_request_duration_seconds_count",
-            &[("http_response_status_code", "502"), ("error_type", "upstream-unavailable")]
+            &[
+                ("http_response_status_code", "502"),
+                ("error_type", "upstream-unavailable")
+            ]
         ),
         2.0
     );
@@ -62,12 +67,23 @@ async fn slow_upstream_is_504_upstream_timeout() {
     cfg.request_timeout = Duration::from_millis(300);
     let proxy = start(cfg).await;
     let started = Instant::now();
-    let r = get(&proxy.inbound_url("/slow/5000")).await.expect("response");
+    let r = get(&proxy.inbound_url("/slow/5000"))
+        .await
+        .expect("response");
     assert_eq!(r.status, 504);
     assert_eq!(r.header(PROXY_ERROR), Some("upstream-timeout"));
-    assert!(started.elapsed() < Duration::from_secs(4), "answered at the timeout, not after the upstream");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "answered at the timeout, not after the upstream"
+    );
     // A fast request on the same proxy is unaffected.
-    assert_eq!(get(&proxy.inbound_url("/slow/10")).await.expect("fast").status, 200);
+    assert_eq!(
+        get(&proxy.inbound_url("/slow/10"))
+            .await
+            .expect("fast")
+            .status,
+        200
+    );
     let m = proxy.metrics().await;
     assert_eq!(
         m.sum(
@@ -97,7 +113,10 @@ async fn reset_mid_body_aborts_the_clients_response() {
         .expect("response head");
         assert_eq!(resp.status(), 200, "{proto}: the head was already sent");
         let body = collect(resp).await;
-        assert!(body.is_err(), "{proto}: a cut body must fail, not end cleanly");
+        assert!(
+            body.is_err(),
+            "{proto}: a cut body must fail, not end cleanly"
+        );
     }
     // Settled as aborted in the metrics (after the body ends, so poll briefly).
     let deadline = Instant::now() + WAIT;
@@ -143,7 +162,12 @@ async fn oversized_head_is_431_and_malformed_is_400() {
         b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
     ] {
         let answer = exchange(inbound, bad).await;
-        assert_eq!(status_of(&answer), 400, "{:?} -> {answer}", String::from_utf8_lossy(bad));
+        assert_eq!(
+            status_of(&answer),
+            400,
+            "{:?} -> {answer}",
+            String::from_utf8_lossy(bad)
+        );
     }
     assert_eq!(up.count(), 0, "nothing malformed reached the app");
 
@@ -173,7 +197,11 @@ async fn trickle(addr: SocketAddr, first: &[u8]) -> (String, Duration) {
     let writer = tokio::spawn(async move {
         for i in 0..50 {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            if wr.write_all(format!("X-Slow-{i}: v\r\n").as_bytes()).await.is_err() {
+            if wr
+                .write_all(format!("X-Slow-{i}: v\r\n").as_bytes())
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -188,9 +216,14 @@ async fn trickle(addr: SocketAddr, first: &[u8]) -> (String, Duration) {
             }
         }
     };
-    tokio::time::timeout(WAIT, read).await.expect("connection ended in time");
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("connection ended in time");
     writer.abort();
-    (String::from_utf8_lossy(&buf).into_owned(), started.elapsed())
+    (
+        String::from_utf8_lossy(&buf).into_owned(),
+        started.elapsed(),
+    )
 }
 
 #[tokio::test]
@@ -204,22 +237,37 @@ async fn trickled_head_is_cut_with_408_header_timeout() {
     let (answer, took) = trickle(inbound, b"GET /trickle HTTP/1.1\r\nHost: a\r\n").await;
     assert_eq!(status_of(&answer), 408, "{answer}");
     assert_eq!(header_of(&answer, PROXY_ERROR), Some("header-timeout"));
-    assert!(took >= Duration::from_millis(250), "cut too early: {took:?}");
-    assert!(took < Duration::from_secs(4), "not cut at the deadline: {took:?}");
+    assert!(
+        took >= Duration::from_millis(250),
+        "cut too early: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "not cut at the deadline: {took:?}"
+    );
 
     // The same applies to a later request on a keep-alive connection.
-    let first = b"GET /first HTTP/1.1\r\nHost: a\r\ncontent-length: 0\r\n\r\nGET /second HTTP/1.1\r\n";
+    let first =
+        b"GET /first HTTP/1.1\r\nHost: a\r\ncontent-length: 0\r\n\r\nGET /second HTTP/1.1\r\n";
     let (answer, _) = trickle(inbound, first).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    let second = &answer[answer.find("HTTP/1.1 408").unwrap_or_else(|| panic!("no 408 in {answer}"))..];
+    let second = &answer[answer
+        .find("HTTP/1.1 408")
+        .unwrap_or_else(|| panic!("no 408 in {answer}"))..];
     assert_eq!(header_of(second, PROXY_ERROR), Some("header-timeout"));
-    assert!(up.requests().iter().all(|r| r.uri.path() != "/trickle" && r.uri.path() != "/second"));
+    assert!(up
+        .requests()
+        .iter()
+        .all(|r| r.uri.path() != "/trickle" && r.uri.path() != "/second"));
 
     let m = proxy.metrics().await;
     assert_eq!(
         m.sum(
             "http_server_request_duration_seconds_count",
-            &[("http_response_status_code", "408"), ("error_type", "header-timeout")]
+            &[
+                ("http_response_status_code", "408"),
+                ("error_type", "header-timeout")
+            ]
         ),
         2.0
     );
@@ -236,20 +284,32 @@ async fn idle_connections_are_closed_but_busy_ones_are_not() {
 
     // HTTP/1.1: one request, then silence: the proxy closes without a word.
     let mut s = connect(inbound).await;
-    s.write_all(b"GET /slow/800 HTTP/1.1\r\nHost: a\r\n\r\n").await.expect("write");
+    s.write_all(b"GET /slow/800 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
     let (head, mut rest) = read_head(&mut s).await;
-    assert_eq!(status_of(&head), 200, "a request longer than the idle timeout is not idle");
+    assert_eq!(
+        status_of(&head),
+        200,
+        "a request longer than the idle timeout is not idle"
+    );
     let started = Instant::now();
     rest.extend(read_to_end(&mut s).await);
-    assert_eq!(String::from_utf8_lossy(&rest), "slow done\n", "no 408 on an idle close");
+    assert_eq!(
+        String::from_utf8_lossy(&rest),
+        "slow done\n",
+        "no 408 on an idle close"
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
 
     // HTTP/2: the connection ends after the idle timeout.
     let tcp = connect(inbound).await;
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2 handshake");
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 handshake");
     let conn = tokio::spawn(conn);
     let resp = h2
         .send_request(
@@ -270,21 +330,32 @@ async fn client_gone_mid_request_settles_the_metrics() {
     let up = Upstream::start().await;
     let proxy = start(config(up.addr)).await;
     let mut s = connect(proxy.inbound.expect("inbound")).await;
-    s.write_all(b"GET /slow/3000 HTTP/1.1\r\nHost: a\r\n\r\n").await.expect("write");
+    s.write_all(b"GET /slow/3000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
     let deadline = Instant::now() + WAIT;
     while up.count() == 0 {
-        assert!(Instant::now() < deadline, "request never reached the upstream");
+        assert!(
+            Instant::now() < deadline,
+            "request never reached the upstream"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let m = proxy.metrics().await;
-    assert_eq!(m.sum("http_server_active_requests", &[("direction", "inbound")]), 1.0);
+    assert_eq!(
+        m.sum("http_server_active_requests", &[("direction", "inbound")]),
+        1.0
+    );
     drop(s);
     loop {
         let m = proxy.metrics().await;
         if m.sum("http_server_active_requests", &[("direction", "inbound")]) == 0.0 {
             break;
         }
-        assert!(Instant::now() < deadline, "in-flight gauge stuck after the client left");
+        assert!(
+            Instant::now() < deadline,
+            "in-flight gauge stuck after the client left"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A big download abandoned halfway is settled too.
@@ -302,7 +373,10 @@ async fn client_gone_mid_request_settles_the_metrics() {
         if m.sum("http_server_active_requests", &[]) == 0.0 {
             break;
         }
-        assert!(Instant::now() < deadline, "in-flight gauge stuck after an abandoned body");
+        assert!(
+            Instant::now() < deadline,
+            "in-flight gauge stuck after an abandoned body"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(proxy.shutdown().await);

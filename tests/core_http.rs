@@ -33,7 +33,11 @@ async fn every_method_over_h1_and_h2c() {
                 .expect("request");
             let resp = send(&client, req).await.expect("response");
             assert_eq!(resp.status, 200, "{m} over {proto}");
-            assert_eq!(resp.header("x-upstream-method"), Some(m), "{m} over {proto}");
+            assert_eq!(
+                resp.header("x-upstream-method"),
+                Some(m),
+                "{m} over {proto}"
+            );
             // The local app gets HTTP/1.1 unless the request is gRPC.
             assert_eq!(resp.header("x-upstream-version"), Some("HTTP/1.1"));
             assert!(resp.header("x-request-id").is_some());
@@ -42,7 +46,10 @@ async fn every_method_over_h1_and_h2c() {
             }
             let seen = up.last();
             assert_eq!(seen.uri.path(), format!("/echo/{m}"));
-            assert!(seen.headers.contains_key("host"), "HTTP/1.1 to the app needs Host");
+            assert!(
+                seen.headers.contains_key("host"),
+                "HTTP/1.1 to the app needs Host"
+            );
         }
     }
     let metrics = proxy.metrics().await;
@@ -64,6 +71,22 @@ async fn every_method_over_h1_and_h2c() {
 }
 
 #[tokio::test]
+async fn upstream_connections_are_pooled() {
+    let up = Upstream::start().await;
+    let proxy = start(config(up.addr)).await;
+    // Ten callers on ten connections, one after the other: one pooled connection to the app.
+    for i in 0..10 {
+        let r = get(&proxy.inbound_url(&format!("/pooled/{i}")))
+            .await
+            .expect("response");
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(up.count(), 10);
+    assert_eq!(up.connections(), 1, "the upstream connection is reused");
+    assert!(proxy.shutdown().await);
+}
+
+#[tokio::test]
 async fn chunked_upload_is_streamed_without_a_length() {
     let up = Upstream::start().await;
     let proxy = start(config(up.addr)).await;
@@ -80,7 +103,10 @@ async fn chunked_upload_is_streamed_without_a_length() {
         let n = count_body(resp.into_body()).await.expect("body");
         assert_eq!(n, 100_000, "h2={h2}");
         let seen = up.last();
-        assert!(seen.headers.get("content-length").is_none(), "h2={h2}: no length was known");
+        assert!(
+            seen.headers.get("content-length").is_none(),
+            "h2={h2}: no length was known"
+        );
         assert_eq!(
             seen.headers.get("transfer-encoding").map(|v| v.as_bytes()),
             Some(&b"chunked"[..]),
@@ -105,7 +131,11 @@ async fn grpc_trailers_survive_over_h2() {
     let trailers = resp.trailers.expect("trailers arrive");
     assert_eq!(trailers["grpc-status"], "0");
     let seen = up.last();
-    assert_eq!(seen.version, Version::HTTP_2, "gRPC goes to the app over h2c");
+    assert_eq!(
+        seen.version,
+        Version::HTTP_2,
+        "gRPC goes to the app over h2c"
+    );
     assert_eq!(seen.headers["te"], "trailers");
     assert!(proxy.shutdown().await);
 }
@@ -121,7 +151,9 @@ async fn h1_trailers_with_te_trailers() {
     let resp = send(&h1_client(), req).await.expect("response");
     assert_eq!(resp.status, 200);
     assert_eq!(resp.body, "with trailers");
-    let trailers = resp.trailers.expect("trailers arrive over chunked HTTP/1.1");
+    let trailers = resp
+        .trailers
+        .expect("trailers arrive over chunked HTTP/1.1");
     assert_eq!(trailers["grpc-status"], "0");
     assert!(proxy.shutdown().await);
 }
@@ -155,9 +187,11 @@ async fn websocket_is_tunnelled_inbound_and_outbound() {
     assert_eq!(seen.headers["upgrade"], "websocket");
 
     let mut cfg = config(up.addr);
-    cfg.peers = vec![format!("chat=127.0.0.1:{}", proxy.inbound.expect("inbound").port())
-        .parse()
-        .expect("peer")];
+    cfg.peers = vec![
+        format!("chat=127.0.0.1:{}", proxy.inbound.expect("inbound").port())
+            .parse()
+            .expect("peer"),
+    ];
     let front = start(cfg).await;
     let via_outbound = WS_HANDSHAKE.replace("Host: app", "Host: chat");
     websocket_echo(front.outbound_addr(), &via_outbound).await;
@@ -189,7 +223,9 @@ async fn outbound_absolute_form_host_routing_and_second_hop() {
     let callee = start(config(up.addr)).await;
     let mut cfg = config(up.addr);
     cfg.peers = vec![
-        format!("direct=127.0.0.1:{}", up.addr.port()).parse().expect("peer"),
+        format!("direct=127.0.0.1:{}", up.addr.port())
+            .parse()
+            .expect("peer"),
         format!("mesh=127.0.0.1:{}", callee.inbound.expect("inbound").port())
             .parse()
             .expect("peer"),
@@ -253,10 +289,12 @@ async fn outbound_absolute_form_host_routing_and_second_hop() {
     // h2c from the app (`:authority` names the service): HTTP/2 to the peer sidecar, HTTP/1.1
     // from there to the app.
     let tcp = connect(out).await;
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2 handshake");
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 handshake");
     tokio::spawn(conn);
     let resp = tokio::time::timeout(
         WAIT,
@@ -330,7 +368,10 @@ async fn hop_by_hop_stripped_and_forwarding_headers_set() {
         "proxy-authorization",
         "x-forwarded-client-cert",
     ] {
-        assert!(seen.headers.get(gone).is_none(), "{gone} reached the upstream");
+        assert!(
+            seen.headers.get(gone).is_none(),
+            "{gone} reached the upstream"
+        );
     }
     if let Some(c) = seen.headers.get("connection") {
         assert!(!c.to_str().unwrap_or("").contains("x-secret"));
@@ -373,7 +414,9 @@ async fn hop_by_hop_stripped_and_forwarding_headers_set() {
 
 /// An address nothing listens on (bound, then released).
 async fn free_port_addr() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     l.local_addr().expect("addr")
 }
 
@@ -401,7 +444,9 @@ async fn curl_h1_h2c_and_proxy_mode() {
     require_tool("curl", "apt-get install curl");
     let up = Upstream::start().await;
     let mut cfg = config(up.addr);
-    cfg.peers = vec![format!("app=127.0.0.1:{}", up.addr.port()).parse().expect("peer")];
+    cfg.peers = vec![format!("app=127.0.0.1:{}", up.addr.port())
+        .parse()
+        .expect("peer")];
     let proxy = start(cfg).await;
     let url = proxy.inbound_url("/curl");
     let out = curl(&["-D", "-", "--data-binary", "from curl", &url]).await;
@@ -409,13 +454,28 @@ async fn curl_h1_h2c_and_proxy_mode() {
     assert!(out.to_ascii_lowercase().contains("x-request-id:"), "{out}");
     assert!(out.ends_with("from curl"), "{out}");
 
-    let out = curl(&["--http2-prior-knowledge", "-D", "-", "--data-binary", "h2 body", &url]).await;
+    let out = curl(&[
+        "--http2-prior-knowledge",
+        "-D",
+        "-",
+        "--data-binary",
+        "h2 body",
+        &url,
+    ])
+    .await;
     assert!(out.starts_with("HTTP/2 200"), "{out}");
     assert!(out.ends_with("h2 body"), "{out}");
 
     // curl as the app with HTTP_PROXY pointing at the outbound listener (absolute-form).
     let proxy_url = format!("http://{}", proxy.outbound_addr());
-    let out = curl(&["-x", &proxy_url, "-w", "%{http_code}", "http://app/through/proxy"]).await;
+    let out = curl(&[
+        "-x",
+        &proxy_url,
+        "-w",
+        "%{http_code}",
+        "http://app/through/proxy",
+    ])
+    .await;
     assert!(out.ends_with("200"), "{out}");
     assert_eq!(up.last().uri.path(), "/through/proxy");
     assert!(proxy.shutdown().await);

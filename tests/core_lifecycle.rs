@@ -29,7 +29,10 @@ async fn post_shutdown(admin: SocketAddr) -> u16 {
 async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !check().await {
-        assert!(Instant::now() < deadline, "{what} did not happen within {WAIT:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {WAIT:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -45,14 +48,19 @@ async fn drain_finishes_in_flight_requests_and_refuses_new_ones() {
         tokio::spawn(async move {
             send(
                 &client,
-                Request::get(url).body(Full::new(Bytes::new())).expect("request"),
+                Request::get(url)
+                    .body(Full::new(Bytes::new()))
+                    .expect("request"),
             )
             .await
         })
     };
     let h1 = slow(h1_client());
     let h2 = slow(h2_client());
-    wait_until("both slow requests reach the upstream", async || up.count() == 2).await;
+    wait_until("both slow requests reach the upstream", async || {
+        up.count() == 2
+    })
+    .await;
 
     let running = proxy.running.take().expect("running");
     let waiter = tokio::spawn(running.wait());
@@ -69,7 +77,10 @@ async fn drain_finishes_in_flight_requests_and_refuses_new_ones() {
         tokio::net::TcpStream::connect(inbound).await.is_err()
     })
     .await;
-    assert!(!h1.is_finished() && !h2.is_finished(), "in-flight requests still running");
+    assert!(
+        !h1.is_finished() && !h2.is_finished(),
+        "in-flight requests still running"
+    );
 
     for (name, task) in [("h1", h1), ("h2", h2)] {
         let r = tokio::time::timeout(WAIT, task)
@@ -96,7 +107,10 @@ async fn drain_timeout_bounds_the_wait() {
     let mut proxy = start(cfg).await;
     let url = proxy.inbound_url("/slow/5000");
     let _stuck = tokio::spawn(async move { get(&url).await });
-    wait_until("the slow request reaches the upstream", async || up.count() == 1).await;
+    wait_until("the slow request reaches the upstream", async || {
+        up.count() == 1
+    })
+    .await;
     let running = proxy.running.take().expect("running");
     running.shutdown();
     let started = Instant::now();
@@ -164,7 +178,10 @@ impl Bin {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status.code();
             }
-            assert!(Instant::now() < deadline, "binary did not exit within {WAIT:?}");
+            assert!(
+                Instant::now() < deadline,
+                "binary did not exit within {WAIT:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -176,7 +193,10 @@ async fn binary_drains_and_exits_0_on_sigterm() {
     let mut bin = Bin::start(up.addr).await;
     let url = format!("http://{}/slow/1000", bin.inbound);
     let inflight = tokio::spawn(async move { get(&url).await });
-    wait_until("the slow request reaches the upstream", async || up.count() == 1).await;
+    wait_until("the slow request reaches the upstream", async || {
+        up.count() == 1
+    })
+    .await;
     bin.sigterm();
     let r = tokio::time::timeout(WAIT, inflight)
         .await
@@ -192,7 +212,10 @@ async fn binary_exits_0_on_post_shutdown() {
     let up = Upstream::start().await;
     let mut bin = Bin::start(up.addr).await;
     assert_eq!(
-        get(&format!("http://{}/hello", bin.inbound)).await.expect("proxied").status,
+        get(&format!("http://{}/hello", bin.inbound))
+            .await
+            .expect("proxied")
+            .status,
         200
     );
     assert_eq!(post_shutdown(bin.admin).await, 200);

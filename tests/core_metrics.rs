@@ -21,7 +21,12 @@ const CONTRACT_BUCKETS: [f64; 17] = [
 /// The `le` values of one histogram family, as numbers (`+Inf` included).
 fn buckets(m: &Metrics, family: &str) -> BTreeSet<u64> {
     m.select(&format!("{family}_bucket"), &[])
-        .map(|s| s.labels["le"].parse::<f64>().expect("le is a number").to_bits())
+        .map(|s| {
+            s.labels["le"]
+                .parse::<f64>()
+                .expect("le is a number")
+                .to_bits()
+        })
         .collect()
 }
 
@@ -30,16 +35,21 @@ async fn scrape_text(admin: std::net::SocketAddr, accept: Option<&str>) -> Colle
     if let Some(a) = accept {
         req = req.header("accept", a);
     }
-    send(&h1_client(), req.body(Full::new(Bytes::new())).expect("request"))
-        .await
-        .expect("scrape")
+    send(
+        &h1_client(),
+        req.body(Full::new(Bytes::new())).expect("request"),
+    )
+    .await
+    .expect("scrape")
 }
 
 #[tokio::test]
 async fn metrics_after_known_traffic() {
     let up = Upstream::start().await;
     let mut cfg = config(up.addr);
-    cfg.peers = vec![format!("app=127.0.0.1:{}", up.addr.port()).parse().expect("peer")];
+    cfg.peers = vec![format!("app=127.0.0.1:{}", up.addr.port())
+        .parse()
+        .expect("peer")];
     let proxy = start(cfg).await;
     let h1 = h1_client();
     let h2 = h2_client();
@@ -75,7 +85,13 @@ async fn metrics_after_known_traffic() {
     let count = "http_server_request_duration_seconds_count";
     for (status, n) in sent {
         assert_eq!(
-            m.sum(count, &[("direction", "inbound"), ("http_response_status_code", status)]),
+            m.sum(
+                count,
+                &[
+                    ("direction", "inbound"),
+                    ("http_response_status_code", status)
+                ]
+            ),
             n as f64,
             "inbound {status}"
         );
@@ -87,61 +103,121 @@ async fn metrics_after_known_traffic() {
         "upstream 5xx carry error_type"
     );
     assert_eq!(
-        m.sum(count, &[("direction", "inbound"), ("network_protocol_version", "2")]),
+        m.sum(
+            count,
+            &[("direction", "inbound"), ("network_protocol_version", "2")]
+        ),
         4.0
     );
     assert_eq!(
-        m.sum(count, &[("direction", "outbound"), ("http_response_status_code", "200")]),
+        m.sum(
+            count,
+            &[
+                ("direction", "outbound"),
+                ("http_response_status_code", "200")
+            ]
+        ),
         4.0
     );
     // Labels never carry raw paths.
-    assert!(!m.text.contains("/status/"), "a raw path leaked into a label");
+    assert!(
+        !m.text.contains("/status/"),
+        "a raw path leaked into a label"
+    );
 
     let expected: BTreeSet<u64> = CONTRACT_BUCKETS
         .iter()
         .chain(&[f64::INFINITY])
         .map(|b| b.to_bits())
         .collect();
-    assert_eq!(buckets(&m, "http_server_request_duration_seconds"), expected);
-    assert_eq!(buckets(&m, "http_client_request_duration_seconds"), expected);
+    assert_eq!(
+        buckets(&m, "http_server_request_duration_seconds"),
+        expected
+    );
+    assert_eq!(
+        buckets(&m, "http_client_request_duration_seconds"),
+        expected
+    );
     let overhead = buckets(&m, "tracseq_proxy_overhead_seconds");
     assert_eq!(
-        overhead.iter().map(|b| f64::from_bits(*b)).fold(f64::INFINITY, f64::min),
+        overhead
+            .iter()
+            .map(|b| f64::from_bits(*b))
+            .fold(f64::INFINITY, f64::min),
         0.00001,
         "overhead buckets start at 10µs"
     );
 
     let client = "http_client_request_duration_seconds_count";
     assert_eq!(
-        m.sum(client, &[("direction", "inbound"), ("http_response_status_code", "503")]),
+        m.sum(
+            client,
+            &[
+                ("direction", "inbound"),
+                ("http_response_status_code", "503")
+            ]
+        ),
         3.0
     );
     assert_eq!(
-        m.sum(client, &[("direction", "outbound"), ("server_address", "app")]),
+        m.sum(
+            client,
+            &[("direction", "outbound"), ("server_address", "app")]
+        ),
         4.0
     );
     assert_eq!(
         m.sum(
             client,
-            &[("direction", "outbound"), ("server_port", &up.addr.port().to_string())]
+            &[
+                ("direction", "outbound"),
+                ("server_port", &up.addr.port().to_string())
+            ]
         ),
         4.0
     );
     assert_eq!(
-        m.sum("tracseq_proxy_overhead_seconds_count", &[("direction", "inbound")]),
+        m.sum(
+            "tracseq_proxy_overhead_seconds_count",
+            &[("direction", "inbound")]
+        ),
         10.0
     );
     assert_eq!(m.sum("http_server_active_requests", &[]), 0.0);
-    assert!(m.sum("tracseq_proxy_tcp_connections_total", &[("direction", "inbound")]) >= 2.0);
-    assert!(m.sum("tracseq_proxy_tcp_connections_total", &[("direction", "outbound")]) >= 1.0);
-    assert!(m.select("tracseq_proxy_tcp_connections_open", &[("direction", "inbound")]).count() == 1);
+    assert!(
+        m.sum(
+            "tracseq_proxy_tcp_connections_total",
+            &[("direction", "inbound")]
+        ) >= 2.0
+    );
+    assert!(
+        m.sum(
+            "tracseq_proxy_tcp_connections_total",
+            &[("direction", "outbound")]
+        ) >= 1.0
+    );
+    assert!(
+        m.select(
+            "tracseq_proxy_tcp_connections_open",
+            &[("direction", "inbound")]
+        )
+        .count()
+            == 1
+    );
     assert_eq!(
-        m.select("tracseq_proxy_upstream_errors_total", &[("direction", "inbound")]).count(),
+        m.select(
+            "tracseq_proxy_upstream_errors_total",
+            &[("direction", "inbound")]
+        )
+        .count(),
         5,
         "one series per kind"
     );
     assert_eq!(
-        m.sum("tracseq_proxy_build_info", &[("version", env!("CARGO_PKG_VERSION"))]),
+        m.sum(
+            "tracseq_proxy_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
         1.0
     );
     assert!(m.sum("process_resident_memory_bytes", &[]) > 1e6);
@@ -176,7 +252,9 @@ async fn exposition_passes_promtool_and_openmetrics_is_negotiated() {
         let _ = get(&proxy.inbound_url(path)).await.expect("traffic");
     }
     let dead = start(config({
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         l.local_addr().expect("addr")
     }))
     .await;
@@ -219,8 +297,13 @@ async fn exposition_passes_promtool_and_openmetrics_is_negotiated() {
     assert_eq!(om.status, 200);
     let ctype = om.header("content-type").expect("content type");
     assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
-    assert!(om.text().ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
-    assert!(om.text().contains("# TYPE tracseq_proxy_upstream_errors counter"));
+    assert!(
+        om.text().ends_with("# EOF\n"),
+        "OpenMetrics ends with # EOF"
+    );
+    assert!(om
+        .text()
+        .contains("# TYPE tracseq_proxy_upstream_errors counter"));
     assert!(dead.shutdown().await);
     assert!(proxy.shutdown().await);
 }
@@ -230,9 +313,33 @@ async fn admin_routes() {
     let up = Upstream::start().await;
     let proxy = start(config(up.addr)).await;
     let admin = proxy.admin;
-    assert_eq!(get(&format!("http://{admin}/live")).await.expect("live").status, 200);
-    assert_eq!(get(&format!("http://{admin}/ready")).await.expect("ready").status, 200);
-    assert_eq!(get(&format!("http://{admin}/nope")).await.expect("404").status, 404);
-    assert_eq!(get(&format!("http://{admin}/shutdown")).await.expect("405").status, 405);
+    assert_eq!(
+        get(&format!("http://{admin}/live"))
+            .await
+            .expect("live")
+            .status,
+        200
+    );
+    assert_eq!(
+        get(&format!("http://{admin}/ready"))
+            .await
+            .expect("ready")
+            .status,
+        200
+    );
+    assert_eq!(
+        get(&format!("http://{admin}/nope"))
+            .await
+            .expect("404")
+            .status,
+        404
+    );
+    assert_eq!(
+        get(&format!("http://{admin}/shutdown"))
+            .await
+            .expect("405")
+            .status,
+        405
+    );
     assert!(proxy.shutdown().await);
 }

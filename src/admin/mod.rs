@@ -200,10 +200,20 @@ mod tests {
 
     #[test]
     fn shutdown_is_loopback_only() {
-        for ok in ["127.0.0.1:1", "127.8.9.10:1", "[::1]:1", "[::ffff:127.0.0.1]:1"] {
+        for ok in [
+            "127.0.0.1:1",
+            "127.8.9.10:1",
+            "[::1]:1",
+            "[::ffff:127.0.0.1]:1",
+        ] {
             assert!(may_shutdown(ok.parse().expect("addr")), "{ok}");
         }
-        for no in ["10.0.0.1:1", "192.168.1.2:1", "[2001:db8::1]:1", "[::ffff:10.0.0.1]:1"] {
+        for no in [
+            "10.0.0.1:1",
+            "192.168.1.2:1",
+            "[2001:db8::1]:1",
+            "[::ffff:10.0.0.1]:1",
+        ] {
             assert!(!may_shutdown(no.parse().expect("addr")), "{no}");
         }
     }

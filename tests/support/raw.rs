@@ -84,11 +84,17 @@ pub async fn read_head(s: &mut TcpStream) -> (String, Vec<u8>) {
                 return (String::from_utf8_lossy(&buf).into_owned(), rest);
             }
             let n = s.read(&mut chunk).await.expect("read head");
-            assert!(n > 0, "connection closed before a full head: {:?}", String::from_utf8_lossy(&buf));
+            assert!(
+                n > 0,
+                "connection closed before a full head: {:?}",
+                String::from_utf8_lossy(&buf)
+            );
             buf.extend_from_slice(&chunk[..n]);
         }
     };
-    tokio::time::timeout(WAIT, fut).await.expect("response head in time")
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .expect("response head in time")
 }
 
 /// Read until EOF (or a reset) and return everything read.

@@ -39,18 +39,26 @@ pub struct Recorded {
 pub struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Recorded>>>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
     task: Arc<tokio::task::JoinHandle<()>>,
 }
 
 impl Upstream {
     pub async fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
         let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let seen2 = seen.clone();
+        let accepted: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let accepted2 = accepted.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                accepted2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let seen = seen2.clone();
                 tokio::spawn(async move {
                     // `/reset-mid-body` needs the raw socket: peek the request line first.
@@ -73,6 +81,7 @@ impl Upstream {
         Upstream {
             addr,
             seen,
+            accepted,
             task: Arc::new(task),
         }
     }
@@ -81,12 +90,20 @@ impl Upstream {
         self.seen.lock().expect("lock").clone()
     }
 
+    /// TCP connections accepted so far (pooling checks).
+    pub fn connections(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn count(&self) -> usize {
         self.seen.lock().expect("lock").len()
     }
 
     pub fn last(&self) -> Recorded {
-        self.requests().last().cloned().expect("the upstream saw a request")
+        self.requests()
+            .last()
+            .cloned()
+            .expect("the upstream saw a request")
     }
 
     pub fn stop(&self) {
@@ -127,7 +144,11 @@ async fn handle(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Recorded>>>) -> 
     let arg = parts.next().unwrap_or("");
     match head {
         "status" => {
-            let code = arg.parse().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::BAD_REQUEST);
+            let code = arg
+                .parse()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::BAD_REQUEST);
             let mut r = Response::new(full(format!("status {code}\n")));
             *r.status_mut() = code;
             r
@@ -147,7 +168,10 @@ async fn handle(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Recorded>>>) -> 
                         return None;
                     }
                     let take = left.min(chunk.len());
-                    Some((Ok::<_, std::io::Error>(Frame::data(chunk.slice(..take))), left - take))
+                    Some((
+                        Ok::<_, std::io::Error>(Frame::data(chunk.slice(..take))),
+                        left - take,
+                    ))
                 }
             });
             let mut r = Response::new(StreamBody::new(stream).boxed());
@@ -163,7 +187,8 @@ async fn handle(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Recorded>>>) -> 
             ];
             let mut r = Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed());
             // HTTP/1.1 sends only the trailer fields announced here.
-            r.headers_mut().insert("trailer", "grpc-status".parse().expect("value"));
+            r.headers_mut()
+                .insert("trailer", "grpc-status".parse().expect("value"));
             r
         }
         "ws" => {
@@ -186,8 +211,10 @@ async fn handle(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Recorded>>>) -> 
             });
             let mut r = Response::new(full(Bytes::new()));
             *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            r.headers_mut().insert("upgrade", "websocket".parse().expect("value"));
-            r.headers_mut().insert("connection", "upgrade".parse().expect("value"));
+            r.headers_mut()
+                .insert("upgrade", "websocket".parse().expect("value"));
+            r.headers_mut()
+                .insert("connection", "upgrade".parse().expect("value"));
             r
         }
         _ => {
@@ -198,7 +225,10 @@ async fn handle(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Recorded>>>) -> 
             let h = r.headers_mut();
             h.insert("x-upstream-method", method.parse().expect("value"));
             h.insert("x-upstream-version", version.parse().expect("value"));
-            h.insert("x-upstream-path", path.parse().unwrap_or_else(|_| "?".parse().expect("value")));
+            h.insert(
+                "x-upstream-path",
+                path.parse().unwrap_or_else(|_| "?".parse().expect("value")),
+            );
             r
         }
     }
