@@ -199,6 +199,31 @@ async fn websocket_is_tunnelled_inbound_and_outbound() {
     assert!(proxy.shutdown().await);
 }
 
+#[tokio::test]
+async fn websocket_outlives_the_header_read_timeout() {
+    let up = Upstream::start().await;
+    let mut cfg = config(up.addr);
+    cfg.header_read_timeout = std::time::Duration::from_millis(200);
+    let proxy = start(cfg).await;
+    let mut s = connect(proxy.inbound.expect("inbound")).await;
+    s.write_all(WS_HANDSHAKE.as_bytes()).await.expect("write");
+    let (head, _) = read_head(&mut s).await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    // Tunnel traffic is not a request head: it must flow well past --header-read-timeout.
+    for i in 0..8u8 {
+        let msg = [b'm', i];
+        s.write_all(&msg).await.expect("write");
+        let mut buf = [0u8; 2];
+        tokio::time::timeout(WAIT, s.read_exact(&mut buf))
+            .await
+            .expect("echo in time")
+            .unwrap_or_else(|e| panic!("tunnel cut after {i} messages: {e}"));
+        assert_eq!(buf, msg, "message {i}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(proxy.shutdown().await);
+}
+
 /// Send one HTTP/1.1 request exactly as built (absolute-form stays absolute-form).
 async fn send_as_is(addr: SocketAddr, req: Request<Full<Bytes>>) -> Collected {
     let tcp = connect(addr).await;

@@ -222,7 +222,7 @@ where
             .get::<Arc<ConnMeta>>()
             .map(|c| c.state.begin());
         let mut guard = RequestGuard {
-            _conn: conn,
+            conn,
             shared,
             start,
             labels: ServerLabels {
@@ -278,6 +278,11 @@ where
             })
             .observe(overhead.as_secs_f64());
         let status = resp.status();
+        if status == http::StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(conn) = &guard.conn {
+                conn.mark_upgraded();
+            }
+        }
         guard.labels.status = status.as_u16();
         guard.labels.error_type = match resp.extensions().get::<ErrorKind>() {
             Some(kind) => Some(ErrorType::Proxy(*kind)),
@@ -305,7 +310,8 @@ struct AccessInfo {
 
 /// Settles one request: the in-flight gauge always, the duration once a status is known.
 pub struct RequestGuard {
-    _conn: Option<crate::proxy::conn_io::ActiveGuard>,
+    /// Keeps the connection's in-flight count (its deadlines read it) until the request settles.
+    conn: Option<crate::proxy::conn_io::ActiveGuard>,
     shared: Arc<Shared>,
     start: Instant,
     labels: ServerLabels,

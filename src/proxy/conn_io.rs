@@ -4,7 +4,8 @@
 //!   timeout closes without an answer). It runs from accept for the first request and from the
 //!   first byte of each later one;
 //! - idle timeout: a connection with no request in flight and no bytes moving for
-//!   `--idle-timeout` is closed (HTTP/1 and HTTP/2 alike).
+//!   `--idle-timeout` is closed (HTTP/1 and HTTP/2 alike, and upgraded tunnels, whose bytes
+//!   are never mistaken for a request head).
 //!
 //! The wrapper sits between the socket (or TLS stream) and hyper. It learns about request
 //! boundaries from two counters in `ConnState` that the metrics layer updates, so it needs no
@@ -12,7 +13,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -32,6 +33,9 @@ pub struct ConnState {
     started: AtomicU64,
     /// Requests in flight (head parsed, response body not yet ended).
     active: AtomicUsize,
+    /// The connection switched protocols (101): what follows are tunnel bytes, never a
+    /// request head, so only the idle deadline applies.
+    upgraded: AtomicBool,
 }
 
 impl ConnState {
@@ -45,6 +49,13 @@ impl ConnState {
 
 #[derive(Debug)]
 pub struct ActiveGuard(Arc<ConnState>);
+
+impl ActiveGuard {
+    /// The request's answer switches protocols (101): the connection becomes a tunnel.
+    pub fn mark_upgraded(&self) {
+        self.0.upgraded.store(true, Ordering::Relaxed);
+    }
+}
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
@@ -130,6 +141,9 @@ impl<T> TimedIo<T> {
 
     fn deadline(&mut self) -> (Instant, Deadline) {
         self.sync();
+        if self.state.upgraded.load(Ordering::Relaxed) {
+            return (self.last_activity + self.idle_timeout, Deadline::Idle);
+        }
         let h2 = self.is_h2 == Some(true);
         if self.state.active.load(Ordering::Relaxed) > 0 {
             return (Instant::now() + self.idle_timeout, Deadline::Recheck);
