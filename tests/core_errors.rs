@@ -303,13 +303,16 @@ async fn idle_connections_are_closed_but_busy_ones_are_not() {
     assert!(started.elapsed() < Duration::from_secs(5));
 
     // HTTP/2: the connection ends after the idle timeout.
+    // The client pings every 50 ms: PING frames keep bytes moving but are not requests.
     let tcp = connect(inbound).await;
-    let (mut h2, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(tcp),
-    )
-    .await
-    .expect("h2 handshake");
+    let (mut h2, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_millis(50))
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
     let conn = tokio::spawn(conn);
     let resp = h2
         .send_request(
@@ -320,8 +323,14 @@ async fn idle_connections_are_closed_but_busy_ones_are_not() {
         .await
         .expect("response");
     assert_eq!(collect(resp).await.expect("body").status, 200);
+    let started = Instant::now();
     let ended = tokio::time::timeout(WAIT, conn).await;
     assert!(ended.is_ok(), "idle h2 connection not closed");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed late: {:?}",
+        started.elapsed()
+    );
     assert!(proxy.shutdown().await);
 }
 

@@ -71,6 +71,21 @@ async fn every_method_over_h1_and_h2c() {
 }
 
 #[tokio::test]
+async fn http_1_0_client_is_served() {
+    let up = Upstream::start().await;
+    let proxy = start(config(up.addr)).await;
+    let answer = exchange(
+        proxy.inbound.expect("inbound"),
+        b"POST /old HTTP/1.0\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
+    )
+    .await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert!(answer.ends_with("abc"), "{answer}");
+    assert_eq!(up.last().uri.path(), "/old");
+    assert!(proxy.shutdown().await);
+}
+
+#[tokio::test]
 async fn upstream_connections_are_pooled() {
     let up = Upstream::start().await;
     let proxy = start(config(up.addr)).await;
@@ -490,6 +505,23 @@ async fn curl_h1_h2c_and_proxy_mode() {
     .await;
     assert!(out.starts_with("HTTP/2 200"), "{out}");
     assert!(out.ends_with("h2 body"), "{out}");
+
+    // A 3 MiB upload: curl sends `Expect: 100-continue` and waits for the 100.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("upload.bin");
+    std::fs::write(&file, vec![b'u'; 3 * 1024 * 1024]).expect("write upload");
+    let upload = format!("@{}", file.display());
+    let out = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{size_download}",
+        "--data-binary",
+        &upload,
+        &url,
+    ])
+    .await;
+    assert_eq!(out, format!("200 {}", 3 * 1024 * 1024));
 
     // curl as the app with HTTP_PROXY pointing at the outbound listener (absolute-form).
     let proxy_url = format!("http://{}", proxy.outbound_addr());

@@ -27,8 +27,14 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const RESPONSE_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ntracseq-proxy-error: header-timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 33\r\nconnection: close\r\n\r\nRequest Timeout (header-timeout)\n";
 
 /// Request counters of one connection, shared by its IO wrapper and its requests.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnState {
+    /// When the connection was accepted; `quiet_since` counts from here.
+    base: Instant,
+    /// Microseconds after `base` when the last in-flight request ended. HTTP/2's idle clock
+    /// runs from here rather than from the last byte: PING frames (ours or the client's)
+    /// move bytes on a connection that carries no requests.
+    quiet_since: AtomicU64,
     /// Requests whose head was parsed (monotonic).
     started: AtomicU64,
     /// Requests in flight (head parsed, response body not yet ended).
@@ -38,7 +44,24 @@ pub struct ConnState {
     upgraded: AtomicBool,
 }
 
+impl Default for ConnState {
+    fn default() -> Self {
+        Self {
+            base: Instant::now(),
+            quiet_since: AtomicU64::new(0),
+            started: AtomicU64::new(0),
+            active: AtomicUsize::new(0),
+            upgraded: AtomicBool::new(false),
+        }
+    }
+}
+
 impl ConnState {
+    /// When the connection last had no request in flight (accept, or the last request's end).
+    fn quiet_since(&self) -> Instant {
+        self.base + Duration::from_micros(self.quiet_since.load(Ordering::Relaxed))
+    }
+
     /// Marks a request in flight until the guard drops.
     pub fn begin(self: &Arc<Self>) -> ActiveGuard {
         self.started.fetch_add(1, Ordering::Relaxed);
@@ -59,7 +82,12 @@ impl ActiveGuard {
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        let state = &self.0;
+        // Record the quiet time first: a reader that sees `active == 0` then sees it too (or
+        // an older one, which only makes its deadline earlier and re-checked).
+        let micros = u64::try_from(state.base.elapsed().as_micros()).unwrap_or(u64::MAX);
+        state.quiet_since.fetch_max(micros, Ordering::Relaxed);
+        state.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -156,7 +184,12 @@ impl<T> TimedIo<T> {
                 return (start + self.header_timeout, Deadline::Header);
             }
         }
-        (self.last_activity + self.idle_timeout, Deadline::Idle)
+        let idle_from = if h2 {
+            self.state.quiet_since()
+        } else {
+            self.last_activity
+        };
+        (idle_from + self.idle_timeout, Deadline::Idle)
     }
 }
 
