@@ -99,11 +99,17 @@ async fn slow_upstream_is_504_upstream_timeout() {
 async fn reset_mid_body_aborts_the_clients_response() {
     let up = Upstream::start().await;
     let proxy = start(config(up.addr)).await;
-    for (client, proto) in [(h1_client(), "h1"), (h2_client(), "h2")] {
+    let cases = [
+        (h1_client(), "h1", "/reset-mid-body"),
+        (h2_client(), "h2", "/reset-mid-body"),
+        (h1_client(), "h1", "/reset-mid-chunked"),
+        (h2_client(), "h2", "/reset-mid-chunked"),
+    ];
+    for (client, proto, path) in cases {
         let resp = tokio::time::timeout(
             WAIT,
             client.request(
-                Request::get(proxy.inbound_url("/reset-mid-body"))
+                Request::get(proxy.inbound_url(path))
                     .body(Full::new(Bytes::new()))
                     .expect("request"),
             ),
@@ -126,12 +132,21 @@ async fn reset_mid_body_aborts_the_clients_response() {
             "http_server_request_duration_seconds_count",
             &[("direction", "inbound"), ("error_type", "response-aborted")],
         );
-        if n == 2.0 {
+        if n == 4.0 {
             break;
         }
         assert!(Instant::now() < deadline, "aborted bodies not counted: {n}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let m = proxy.metrics().await;
+    assert_eq!(
+        m.sum(
+            "tracseq_proxy_upstream_errors_total",
+            &[("direction", "inbound"), ("kind", "reset")]
+        ),
+        4.0,
+        "a body cut by the upstream is an upstream reset"
+    );
     assert!(proxy.shutdown().await);
 }
 

@@ -12,7 +12,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::body::{self, Body};
+use super::body::{self, Body, BodyEnd, Observed, OnEnd};
 use super::connect::Connector;
 use super::{headers, Dest, Direction};
 use crate::error::{BoxError, ProxyError, UpstreamFailure};
@@ -173,7 +173,11 @@ impl tower::Service<Request<Body>> for Forward {
                     // must not turn our answer into HTTP/1.0).
                     *resp.version_mut() = Version::default();
                     resp.extensions_mut().insert(UpstreamTiming(elapsed));
-                    Ok(resp.map(body::boxed))
+                    let cut = BodyCut {
+                        metrics: inner.metrics.clone(),
+                        direction: inner.direction,
+                    };
+                    Ok(resp.map(|b| body::boxed(Observed::new(b, cut))))
                 }
                 Err(err) => {
                     let failure = classify_client_error(&err);
@@ -192,6 +196,23 @@ impl tower::Service<Request<Body>> for Forward {
                 }
             }
         })
+    }
+}
+
+/// Counts an upstream response body that failed mid-stream (the upstream reset or closed
+/// the connection before the declared end) as an upstream `reset`: the status was already
+/// sent, so this counter and the `response-aborted` error type are the only traces of it.
+struct BodyCut {
+    metrics: Arc<HttpMetrics>,
+    direction: Direction,
+}
+
+impl OnEnd for BodyCut {
+    fn on_end(self, end: BodyEnd) {
+        if end == BodyEnd::Error {
+            self.metrics
+                .upstream_error(self.direction, UpstreamFailure::Reset.as_str());
+        }
     }
 }
 

@@ -2,7 +2,8 @@
 //! - `/status/{code}`        answer with that status
 //! - `/slow/{ms}`            wait, then 200
 //! - `/bytes/{n}`            stream n bytes (64 KiB chunks)
-//! - `/reset-mid-body`       send headers and part of a declared body, then drop the connection
+//! - `/reset-mid-body`       send headers and part of a declared body, then reset the connection
+//! - `/reset-mid-chunked`    the same with a chunked body (no length to betray the cut)
 //! - `/trailers`             body with a `grpc-status: 0` trailer
 //! - `/ws`                   accept an `Upgrade: websocket` and echo raw bytes
 //! - anything else           echo: the request body streamed back, with the method, version
@@ -65,7 +66,11 @@ impl Upstream {
                     let mut peek = [0u8; 64];
                     let n = tcp.peek(&mut peek).await.unwrap_or(0);
                     if peek[..n].windows(15).any(|w| w == b"/reset-mid-body") {
-                        raw_reset(tcp).await;
+                        raw_reset(tcp, false).await;
+                        return;
+                    }
+                    if peek[..n].windows(18).any(|w| w == b"/reset-mid-chunked") {
+                        raw_reset(tcp, true).await;
                         return;
                     }
                     let svc = hyper::service::service_fn(move |req| {
@@ -111,12 +116,15 @@ impl Upstream {
     }
 }
 
-async fn raw_reset(mut tcp: tokio::net::TcpStream) {
+async fn raw_reset(mut tcp: tokio::net::TcpStream, chunked: bool) {
     let mut buf = [0u8; 4096];
     let _ = tcp.read(&mut buf).await;
-    let _ = tcp
-        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\npartial body")
-        .await;
+    let head: &[u8] = if chunked {
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nc\r\npartial body\r\n"
+    } else {
+        b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\npartial body"
+    };
+    let _ = tcp.write_all(head).await;
     let _ = tcp.flush().await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     // Abort with RST rather than FIN (zero linger on the std socket, which then closes).
