@@ -506,6 +506,20 @@ async fn curl_h1_h2c_and_proxy_mode() {
     assert!(out.starts_with("HTTP/2 200"), "{out}");
     assert!(out.ends_with("h2 body"), "{out}");
 
+    // `curl --http2` on http:// asks for an h2c upgrade: served over HTTP/1.1, never passed on.
+    let out = curl(&[
+        "--http2",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{http_version}",
+        &url,
+    ])
+    .await;
+    assert_eq!(out, "200 1.1");
+    let seen = up.last();
+    assert!(seen.headers.get("upgrade").is_none() && seen.headers.get("http2-settings").is_none());
+
     // A 3 MiB upload: curl sends `Expect: 100-continue` and waits for the 100.
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("upload.bin");

@@ -14,8 +14,14 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Is this an HTTP/1.1 upgrade handshake (`Connection: upgrade` with an `Upgrade` header)?
+/// `Upgrade: h2c` is not: it asks to switch this one connection to HTTP/2 (RFC 7540 §3.2,
+/// dropped by RFC 9113), which the proxy does not do and must not pass on, so it is stripped
+/// like any hop-by-hop header and the request is served over HTTP/1.1.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .any(|v| tokens(v).any(|t| !t.eq_ignore_ascii_case("h2c")))
         && headers
             .get_all(header::CONNECTION)
             .iter()
@@ -160,6 +166,23 @@ mod tests {
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h[header::UPGRADE], "websocket");
         assert_eq!(h[header::CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn h2c_upgrade_is_not_forwarded() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade, HTTP2-Settings"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAAQAAP__"),
+        );
+        assert!(!is_upgrade(&h));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]
