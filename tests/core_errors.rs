@@ -92,6 +92,20 @@ async fn slow_upstream_is_504_upstream_timeout() {
         ),
         1.0
     );
+    assert_eq!(
+        m.sum(
+            "tracseq_proxy_overhead_seconds_count",
+            &[("direction", "inbound")]
+        ),
+        1.0,
+        "the 504's wait is the upstream's, not the proxy's overhead"
+    );
+    assert!(
+        m.sum(
+            "tracseq_proxy_overhead_seconds_sum",
+            &[("direction", "inbound")]
+        ) < 0.25
+    );
     assert!(proxy.shutdown().await);
 }
 

@@ -268,15 +268,24 @@ where
         };
         let to_headers = guard.start.elapsed();
         let upstream = resp.extensions().get::<UpstreamTiming>().map(|t| t.0);
-        let overhead = to_headers.saturating_sub(upstream.unwrap_or_default());
-        guard
-            .shared
-            .metrics
-            .overhead
-            .get_or_create(&DirectionLabel {
-                direction: guard.shared.direction,
-            })
-            .observe(overhead.as_secs_f64());
+        // When the upstream failed (refused, timed out) its share of the wait is unknown: a
+        // 504 after `--request-timeout` is not the proxy's own time, so it is not observed.
+        // A policy's answer (429, 503) never involved the upstream: all of it is overhead.
+        let upstream_failed = resp
+            .extensions()
+            .get::<ErrorKind>()
+            .is_some_and(|k| crate::classify::upstream_failure(*k).is_some());
+        if !upstream_failed {
+            let overhead = to_headers.saturating_sub(upstream.unwrap_or_default());
+            guard
+                .shared
+                .metrics
+                .overhead
+                .get_or_create(&DirectionLabel {
+                    direction: guard.shared.direction,
+                })
+                .observe(overhead.as_secs_f64());
+        }
         let status = resp.status();
         if status == http::StatusCode::SWITCHING_PROTOCOLS {
             if let Some(conn) = &guard.conn {

@@ -240,7 +240,9 @@ mod tests {
         let u = r.resolve("samples").expect("unknown");
         assert_eq!(u.authority.as_str(), "samples:8443");
         assert_eq!(u.label, "samples");
-        let v6 = r.resolve("[::1]").expect("IPv6 literal as Uri::host gives it");
+        let v6 = r
+            .resolve("[::1]")
+            .expect("IPv6 literal as Uri::host gives it");
         assert_eq!(v6.authority.as_str(), "[::1]:8443");
         assert_eq!(r.resolve("samples.").expect("FQDN dot").label, "samples");
         assert!(r.resolve("bad name").is_err());
