@@ -377,6 +377,31 @@ async fn outbound_absolute_form_host_routing_and_second_hop() {
 }
 
 #[tokio::test]
+async fn outbound_only_sidecar() {
+    let up = Upstream::start().await;
+    let mut cfg = tracseq_proxy::config::Config::defaults();
+    cfg.listen = None;
+    cfg.peers = vec![format!("app=127.0.0.1:{}", up.addr.port())
+        .parse()
+        .expect("peer")];
+    let proxy = start(cfg).await;
+    assert!(
+        proxy.inbound.is_none(),
+        "no inbound listener without --upstream"
+    );
+    let r = send_as_is(
+        proxy.outbound_addr(),
+        empty_get("http://app/only-out")
+            .body(Full::new(Bytes::new()))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().uri.path(), "/only-out");
+    assert!(proxy.shutdown().await);
+}
+
+#[tokio::test]
 async fn hop_by_hop_stripped_and_forwarding_headers_set() {
     let up = Upstream::start().await;
     let proxy = start(config(up.addr)).await;

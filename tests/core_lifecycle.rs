@@ -42,7 +42,7 @@ async fn drain_finishes_in_flight_requests_and_refuses_new_ones() {
     let up = Upstream::start().await;
     let mut proxy = start(config(up.addr)).await;
     let inbound = proxy.inbound.expect("inbound");
-    let url = proxy.inbound_url("/slow/1500");
+    let url = proxy.inbound_url("/slow/2500");
     let slow = |client: TestClient| {
         let url = url.clone();
         tokio::spawn(async move {
