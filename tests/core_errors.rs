@@ -419,3 +419,61 @@ async fn client_gone_mid_request_settles_the_metrics() {
     }
     assert!(proxy.shutdown().await);
 }
+
+#[tokio::test]
+async fn client_gone_mid_upload_is_not_an_upstream_error() {
+    let up = Upstream::start().await;
+    let proxy = start(config(up.addr)).await;
+    // An echo (answers at once) and a consumer (answers after the whole body): the cut hits
+    // the response body in one case and the upstream exchange itself in the other.
+    for round in 0..6 {
+        let path = if round % 2 == 0 {
+            "/upload"
+        } else {
+            "/consume"
+        };
+        let mut s = connect(proxy.inbound.expect("inbound")).await;
+        s.write_all(
+            format!("POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("write head");
+        s.write_all(&[b'p'; 100_000]).await.expect("write part");
+        let deadline = Instant::now() + WAIT;
+        while up.count() <= round {
+            assert!(
+                Instant::now() < deadline,
+                "upload never reached the upstream"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(s);
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let m = proxy.metrics().await;
+        if m.sum("http_server_active_requests", &[]) == 0.0 {
+            let errors = m.sum("tracseq_proxy_upstream_errors_total", &[]);
+            assert_eq!(
+                errors,
+                0.0,
+                "a client that left is not the upstream's failure:\n{}",
+                m.text
+                    .lines()
+                    .filter(|l| l.contains("upstream_errors") || l.contains("_count"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            let failed = m.sum(
+                "http_server_request_duration_seconds_count",
+                &[("http_response_status_code", "502")],
+            );
+            assert_eq!(failed, 0.0, "no 502 is counted for a client that left");
+            break;
+        }
+        assert!(Instant::now() < deadline, "in-flight gauge stuck");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(proxy.shutdown().await);
+}

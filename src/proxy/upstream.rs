@@ -3,6 +3,7 @@
 //! TLS peers) so gRPC trailers survive; HTTP/1 requests go out as HTTP/1.1. Upgrades
 //! (WebSocket) are tunnelled byte for byte once both sides switched protocols.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -107,6 +108,19 @@ impl tower::Service<Request<Body>> for Forward {
             })?;
             let upgrade = (req.version() <= Version::HTTP_11 && headers::is_upgrade(req.headers()))
                 .then(|| hyper::upgrade::on(&mut req));
+            // A request body the client cuts (it went away, or sent broken framing) makes the
+            // upstream exchange fail too; this flag keeps that from counting as the upstream's
+            // failure. Only requests with a body pay for it.
+            let client_cut = (!http_body::Body::is_end_stream(req.body())).then(|| {
+                let flag = Arc::new(AtomicBool::new(false));
+                let observer = ClientCut(flag.clone());
+                let (parts, b) = std::mem::take(&mut req).into_parts();
+                req = Request::from_parts(parts, body::boxed(Observed::new(b, observer)));
+                flag
+            });
+            let client_cut_happened = move |f: &Option<Arc<AtomicBool>>| {
+                f.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
+            };
             let downstream_authority = req.uri().authority().cloned();
             let mut parts = std::mem::take(req.uri_mut()).into_parts();
             parts.scheme = Some(http::uri::Scheme::HTTP);
@@ -176,8 +190,22 @@ impl tower::Service<Request<Body>> for Forward {
                     let cut = BodyCut {
                         metrics: inner.metrics.clone(),
                         direction: inner.direction,
+                        client_cut,
                     };
                     Ok(resp.map(|b| body::boxed(Observed::new(b, cut))))
+                }
+                Err(err) if client_cut_happened(&client_cut) => {
+                    // The client's doing, not the upstream's: no upstream error, no 502.
+                    let err = ProxyError::new(crate::error::ErrorKind::BadRequest)
+                        .with_detail("the request body was cut by the client")
+                        .with_source(err);
+                    labels.error_type = Some(ErrorType::Proxy(err.kind));
+                    inner
+                        .metrics
+                        .client_duration
+                        .get_or_create(&labels)
+                        .observe(elapsed.as_secs_f64(), None, None);
+                    Err(err.into())
                 }
                 Err(err) => {
                     let failure = classify_client_error(&err);
@@ -205,13 +233,31 @@ impl tower::Service<Request<Body>> for Forward {
 struct BodyCut {
     metrics: Arc<HttpMetrics>,
     direction: Direction,
+    /// Set when the client cut its request body first: then the upstream's abort follows
+    /// from it and is not counted against the upstream.
+    client_cut: Option<Arc<AtomicBool>>,
 }
 
 impl OnEnd for BodyCut {
     fn on_end(self, end: BodyEnd) {
-        if end == BodyEnd::Error {
+        let clients_fault = self
+            .client_cut
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed));
+        if end == BodyEnd::Error && !clients_fault {
             self.metrics
                 .upstream_error(self.direction, UpstreamFailure::Reset.as_str());
+        }
+    }
+}
+
+/// Notes that the downstream request body failed (the client's side of the exchange).
+struct ClientCut(Arc<AtomicBool>);
+
+impl OnEnd for ClientCut {
+    fn on_end(self, end: BodyEnd) {
+        if end == BodyEnd::Error {
+            self.0.store(true, Ordering::Relaxed);
         }
     }
 }

@@ -4,6 +4,7 @@
 //! - `/bytes/{n}`            stream n bytes (64 KiB chunks)
 //! - `/reset-mid-body`       send headers and part of a declared body, then reset the connection
 //! - `/reset-mid-chunked`    the same with a chunked body (no length to betray the cut)
+//! - `/consume`              read the whole request body, then answer with its length
 //! - `/trailers`             body with a `grpc-status: 0` trailer
 //! - `/ws`                   accept an `Upgrade: websocket` and echo raw bytes
 //! - anything else           echo: the request body streamed back, with the method, version
@@ -185,6 +186,13 @@ async fn handle(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Recorded>>>) -> 
             let mut r = Response::new(StreamBody::new(stream).boxed());
             r.headers_mut().insert("content-length", n.into());
             r
+        }
+        "consume" => {
+            let n = match req.into_body().collect().await {
+                Ok(c) => c.to_bytes().len(),
+                Err(_) => return Response::new(full("body failed\n")),
+            };
+            Response::new(full(format!("consumed {n}\n")))
         }
         "trailers" => {
             let mut trailers = HeaderMap::new();
