@@ -145,3 +145,21 @@ pub fn rss_bytes() -> u64 {
         .expect("VmRSS line")
         * 1024
 }
+
+/// Send one HTTP/1.1 request exactly as built (absolute-form stays absolute-form).
+pub async fn send_as_is(
+    addr: SocketAddr,
+    req: http::Request<http_body_util::Full<Bytes>>,
+) -> super::Collected {
+    let tcp = connect(addr).await;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let resp = tokio::time::timeout(WAIT, sender.send_request(req))
+        .await
+        .expect("in time")
+        .expect("response");
+    super::collect(resp).await.expect("body")
+}
