@@ -71,6 +71,27 @@ async fn every_method_over_h1_and_h2c() {
 }
 
 #[tokio::test]
+async fn h2_cookies_are_joined_for_the_http1_app() {
+    let up = Upstream::start().await;
+    let proxy = start(config(up.addr)).await;
+    let r = send(
+        &h2_client(),
+        Request::get(proxy.inbound_url("/cookies"))
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .body(Full::new(Bytes::new()))
+            .expect("request"),
+    )
+    .await
+    .expect("response");
+    assert_eq!(r.status, 200);
+    let seen = up.last();
+    let cookies: Vec<_> = seen.headers.get_all("cookie").iter().collect();
+    assert_eq!(cookies, ["a=1; b=2"], "one Cookie line over HTTP/1.1");
+    assert!(proxy.shutdown().await);
+}
+
+#[tokio::test]
 async fn http_1_0_client_is_served() {
     let up = Upstream::start().await;
     let proxy = start(config(up.addr)).await;

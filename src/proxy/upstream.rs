@@ -139,15 +139,8 @@ impl tower::Service<Request<Body>> for Forward {
             let client = if use_h2 {
                 &inner.h2
             } else {
-                if req.version() == Version::HTTP_2
-                    && !req.headers().contains_key(http::header::HOST)
-                {
-                    // HTTP/2 carries the authority in the URI; HTTP/1.1 needs it as `Host`.
-                    if let Some(a) = &downstream_authority {
-                        if let Ok(v) = http::HeaderValue::from_str(a.as_str()) {
-                            req.headers_mut().insert(http::header::HOST, v);
-                        }
-                    }
+                if req.version() == Version::HTTP_2 {
+                    downgrade_h2_headers(req.headers_mut(), downstream_authority.as_ref());
                 }
                 *req.version_mut() = Version::HTTP_11;
                 &inner.h1
@@ -224,6 +217,28 @@ impl tower::Service<Request<Body>> for Forward {
                 }
             }
         })
+    }
+}
+
+/// HTTP/2 → HTTP/1.1 header rules (RFC 9113 §8.3.1, §8.2.3): the authority becomes `Host`,
+/// and split `cookie` fields are joined with "; " (HTTP/1.1 allows one `Cookie` line).
+fn downgrade_h2_headers(h: &mut http::HeaderMap, authority: Option<&http::uri::Authority>) {
+    use http::header::{COOKIE, HOST};
+    if !h.contains_key(HOST) {
+        if let Some(v) = authority.and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()) {
+            h.insert(HOST, v);
+        }
+    }
+    if h.get_all(COOKIE).iter().nth(1).is_some() {
+        let joined: Vec<u8> = h
+            .get_all(COOKIE)
+            .iter()
+            .map(http::HeaderValue::as_bytes)
+            .collect::<Vec<_>>()
+            .join(&b"; "[..]);
+        if let Ok(v) = http::HeaderValue::from_bytes(&joined) {
+            h.insert(COOKIE, v);
+        }
     }
 }
 
