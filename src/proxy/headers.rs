@@ -78,24 +78,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str) {
     let ip =
         HeaderValue::from_str(&client.to_string()).expect("an IP address is a valid header value");
-    match headers.get(X_FORWARDED_FOR).map(|v| v.as_bytes().to_vec()) {
-        Some(mut prev) if !prev.is_empty() => {
-            // Merge into one comma-separated value (RFC 7239 style list) rather than a second
-            // header line, which some apps read only the first of.
+    // Merge every earlier hop (possibly on several header lines) into one comma-separated
+    // value (RFC 7239 style list) rather than a second header line, which some apps read only
+    // the first of.
+    let mut prev: Vec<u8> = Vec::new();
+    for v in headers.get_all(X_FORWARDED_FOR) {
+        if v.is_empty() {
+            continue;
+        }
+        if !prev.is_empty() {
             prev.extend_from_slice(b", ");
-            prev.extend_from_slice(ip.as_bytes());
-            match HeaderValue::from_bytes(&prev) {
-                Ok(v) => {
-                    headers.insert(X_FORWARDED_FOR, v);
-                }
-                Err(_) => {
-                    headers.insert(X_FORWARDED_FOR, ip);
-                }
-            }
         }
-        _ => {
-            headers.insert(X_FORWARDED_FOR, ip);
-        }
+        prev.extend_from_slice(v.as_bytes());
+    }
+    if prev.is_empty() {
+        headers.insert(X_FORWARDED_FOR, ip);
+    } else {
+        prev.extend_from_slice(b", ");
+        prev.extend_from_slice(ip.as_bytes());
+        match HeaderValue::from_bytes(&prev) {
+            Ok(v) => headers.insert(X_FORWARDED_FOR, v),
+            Err(_) => headers.insert(X_FORWARDED_FOR, ip),
+        };
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
 }
@@ -192,6 +196,15 @@ mod tests {
         add_forwarded(&mut h, "127.0.0.1".parse().expect("ip"), "https");
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 127.0.0.1");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        h.append(
+            X_FORWARDED_FOR,
+            HeaderValue::from_static("10.0.0.2, 10.0.0.3"),
+        );
+        add_forwarded(&mut h, "127.0.0.1".parse().expect("ip"), "http");
+        let all: Vec<_> = h.get_all(X_FORWARDED_FOR).iter().collect();
+        assert_eq!(all, ["10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1"]);
     }
 
     #[test]
