@@ -92,6 +92,46 @@ async fn h2_cookies_are_joined_for_the_http1_app() {
 }
 
 #[tokio::test]
+async fn hop_by_hop_response_headers_are_stripped() {
+    // A raw upstream that answers every request with hop-by-hop headers of its own.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\nConnection: x-private\r\nx-private: 1\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nx-app: kept\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let proxy = start(config(addr)).await;
+    for client in [h1_client(), h2_client()] {
+        let r = send(
+            &client,
+            Request::get(proxy.inbound_url("/"))
+                .body(Full::new(Bytes::new()))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, "ok");
+        assert_eq!(r.header("x-app"), Some("kept"));
+        for gone in ["x-private", "keep-alive", "proxy-connection"] {
+            assert!(r.header(gone).is_none(), "{gone} reached the client");
+        }
+    }
+    assert!(proxy.shutdown().await);
+    task.abort();
+}
+
+#[tokio::test]
 async fn http_1_0_client_is_served() {
     let up = Upstream::start().await;
     let proxy = start(config(up.addr)).await;
