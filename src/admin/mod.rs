@@ -129,7 +129,7 @@ impl Admin {
                 ),
             },
             (&Method::POST, "/shutdown") => {
-                if !peer.ip().is_loopback() && !is_mapped_loopback(peer) {
+                if !may_shutdown(peer) {
                     return text(
                         StatusCode::FORBIDDEN,
                         "shutdown is allowed from loopback only\n".into(),
@@ -171,6 +171,12 @@ impl Admin {
     }
 }
 
+/// `POST /shutdown` is for the pod's own tooling (preStop hooks, the operator on the node),
+/// never for the network: loopback callers only, IPv4-mapped IPv6 loopback included.
+fn may_shutdown(peer: SocketAddr) -> bool {
+    peer.ip().is_loopback() || is_mapped_loopback(peer)
+}
+
 fn is_mapped_loopback(peer: SocketAddr) -> bool {
     match peer.ip() {
         std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
@@ -186,4 +192,29 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shutdown_is_loopback_only() {
+        for ok in [
+            "127.0.0.1:1",
+            "127.8.9.10:1",
+            "[::1]:1",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            assert!(may_shutdown(ok.parse().expect("addr")), "{ok}");
+        }
+        for no in [
+            "10.0.0.1:1",
+            "192.168.1.2:1",
+            "[2001:db8::1]:1",
+            "[::ffff:10.0.0.1]:1",
+        ] {
+            assert!(!may_shutdown(no.parse().expect("addr")), "{no}");
+        }
+    }
 }

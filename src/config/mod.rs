@@ -178,17 +178,27 @@ pub enum Invocation {
     Demo(cli::DemoArgs),
 }
 
-/// Parse the process arguments. Clap's own errors (unknown flag, `--help`) exit inside clap.
+/// Parse the process arguments. `--help` and `--version` print and exit 0 inside clap; every
+/// other clap error (unknown flag, missing value) becomes the same one-line `ConfigError` as a
+/// bad value, so every start-up error looks alike and exits 2.
 pub fn from_args<I, T>(args: I) -> Result<Invocation, ConfigError>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let matches = Cli::command().get_matches_from(args);
-    from_matches(&matches)
+    use clap::error::ErrorKind;
+    match Cli::command().try_get_matches_from(args) {
+        Ok(matches) => from_matches(&matches),
+        Err(e) => match e.kind() {
+            ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+            _ => Err(clap_error(&e)),
+        },
+    }
 }
 
-/// Like [`from_args`] but returns clap errors instead of exiting (tests).
+/// Like [`from_args`] but never exits, not even for `--help` (tests).
 pub fn try_from_args<I, T>(args: I) -> Result<Invocation, ConfigError>
 where
     I: IntoIterator<Item = T>,
@@ -196,8 +206,15 @@ where
 {
     let matches = Cli::command()
         .try_get_matches_from(args)
-        .map_err(|e| ConfigError(e.to_string().lines().next().unwrap_or("").to_string()))?;
+        .map_err(|e| clap_error(&e))?;
     from_matches(&matches)
+}
+
+/// The first line of clap's message, without its `error: ` prefix (the binary adds its name).
+fn clap_error(e: &clap::Error) -> ConfigError {
+    let text = e.to_string();
+    let line = text.lines().next().unwrap_or("invalid command line");
+    ConfigError(line.strip_prefix("error: ").unwrap_or(line).to_string())
 }
 
 fn from_matches(matches: &ArgMatches) -> Result<Invocation, ConfigError> {

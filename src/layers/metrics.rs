@@ -222,7 +222,7 @@ where
             .get::<Arc<ConnMeta>>()
             .map(|c| c.state.begin());
         let mut guard = RequestGuard {
-            _conn: conn,
+            conn,
             shared,
             start,
             labels: ServerLabels {
@@ -268,16 +268,30 @@ where
         };
         let to_headers = guard.start.elapsed();
         let upstream = resp.extensions().get::<UpstreamTiming>().map(|t| t.0);
-        let overhead = to_headers.saturating_sub(upstream.unwrap_or_default());
-        guard
-            .shared
-            .metrics
-            .overhead
-            .get_or_create(&DirectionLabel {
-                direction: guard.shared.direction,
-            })
-            .observe(overhead.as_secs_f64());
+        // When the upstream failed (refused, timed out) its share of the wait is unknown: a
+        // 504 after `--request-timeout` is not the proxy's own time, so it is not observed.
+        // A policy's answer (429, 503) never involved the upstream: all of it is overhead.
+        let upstream_failed = resp
+            .extensions()
+            .get::<ErrorKind>()
+            .is_some_and(|k| crate::classify::upstream_failure(*k).is_some());
+        if !upstream_failed {
+            let overhead = to_headers.saturating_sub(upstream.unwrap_or_default());
+            guard
+                .shared
+                .metrics
+                .overhead
+                .get_or_create(&DirectionLabel {
+                    direction: guard.shared.direction,
+                })
+                .observe(overhead.as_secs_f64());
+        }
         let status = resp.status();
+        if status == http::StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(conn) = &guard.conn {
+                conn.mark_upgraded();
+            }
+        }
         guard.labels.status = status.as_u16();
         guard.labels.error_type = match resp.extensions().get::<ErrorKind>() {
             Some(kind) => Some(ErrorType::Proxy(*kind)),
@@ -305,7 +319,8 @@ struct AccessInfo {
 
 /// Settles one request: the in-flight gauge always, the duration once a status is known.
 pub struct RequestGuard {
-    _conn: Option<crate::proxy::conn_io::ActiveGuard>,
+    /// Keeps the connection's in-flight count (its deadlines read it) until the request settles.
+    conn: Option<crate::proxy::conn_io::ActiveGuard>,
     shared: Arc<Shared>,
     start: Instant,
     labels: ServerLabels,

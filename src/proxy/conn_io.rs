@@ -4,7 +4,8 @@
 //!   timeout closes without an answer). It runs from accept for the first request and from the
 //!   first byte of each later one;
 //! - idle timeout: a connection with no request in flight and no bytes moving for
-//!   `--idle-timeout` is closed (HTTP/1 and HTTP/2 alike).
+//!   `--idle-timeout` is closed (HTTP/1 and HTTP/2 alike, and upgraded tunnels, whose bytes
+//!   are never mistaken for a request head).
 //!
 //! The wrapper sits between the socket (or TLS stream) and hyper. It learns about request
 //! boundaries from two counters in `ConnState` that the metrics layer updates, so it needs no
@@ -12,7 +13,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -26,15 +27,41 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const RESPONSE_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ntracseq-proxy-error: header-timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 33\r\nconnection: close\r\n\r\nRequest Timeout (header-timeout)\n";
 
 /// Request counters of one connection, shared by its IO wrapper and its requests.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnState {
+    /// When the connection was accepted; `quiet_since` counts from here.
+    base: Instant,
+    /// Microseconds after `base` when the last in-flight request ended. HTTP/2's idle clock
+    /// runs from here rather than from the last byte: PING frames (ours or the client's)
+    /// move bytes on a connection that carries no requests.
+    quiet_since: AtomicU64,
     /// Requests whose head was parsed (monotonic).
     started: AtomicU64,
     /// Requests in flight (head parsed, response body not yet ended).
     active: AtomicUsize,
+    /// The connection switched protocols (101): what follows are tunnel bytes, never a
+    /// request head, so only the idle deadline applies.
+    upgraded: AtomicBool,
+}
+
+impl Default for ConnState {
+    fn default() -> Self {
+        Self {
+            base: Instant::now(),
+            quiet_since: AtomicU64::new(0),
+            started: AtomicU64::new(0),
+            active: AtomicUsize::new(0),
+            upgraded: AtomicBool::new(false),
+        }
+    }
 }
 
 impl ConnState {
+    /// When the connection last had no request in flight (accept, or the last request's end).
+    fn quiet_since(&self) -> Instant {
+        self.base + Duration::from_micros(self.quiet_since.load(Ordering::Relaxed))
+    }
+
     /// Marks a request in flight until the guard drops.
     pub fn begin(self: &Arc<Self>) -> ActiveGuard {
         self.started.fetch_add(1, Ordering::Relaxed);
@@ -46,9 +73,21 @@ impl ConnState {
 #[derive(Debug)]
 pub struct ActiveGuard(Arc<ConnState>);
 
+impl ActiveGuard {
+    /// The request's answer switches protocols (101): the connection becomes a tunnel.
+    pub fn mark_upgraded(&self) {
+        self.0.upgraded.store(true, Ordering::Relaxed);
+    }
+}
+
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        let state = &self.0;
+        // Record the quiet time first: a reader that sees `active == 0` then sees it too (or
+        // an older one, which only makes its deadline earlier and re-checked).
+        let micros = u64::try_from(state.base.elapsed().as_micros()).unwrap_or(u64::MAX);
+        state.quiet_since.fetch_max(micros, Ordering::Relaxed);
+        state.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -130,6 +169,9 @@ impl<T> TimedIo<T> {
 
     fn deadline(&mut self) -> (Instant, Deadline) {
         self.sync();
+        if self.state.upgraded.load(Ordering::Relaxed) {
+            return (self.last_activity + self.idle_timeout, Deadline::Idle);
+        }
         let h2 = self.is_h2 == Some(true);
         if self.state.active.load(Ordering::Relaxed) > 0 {
             return (Instant::now() + self.idle_timeout, Deadline::Recheck);
@@ -142,7 +184,12 @@ impl<T> TimedIo<T> {
                 return (start + self.header_timeout, Deadline::Header);
             }
         }
-        (self.last_activity + self.idle_timeout, Deadline::Idle)
+        let idle_from = if h2 {
+            self.state.quiet_since()
+        } else {
+            self.last_activity
+        };
+        (idle_from + self.idle_timeout, Deadline::Idle)
     }
 }
 
@@ -150,15 +197,21 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TimedIo<T> {
     /// Checks the deadline; `Ready` means the connection must end now.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            let (at, kind) = match self.armed {
-                // A re-check or idle deadline armed earlier may be stale (activity since); it
-                // is recomputed when it fires rather than re-armed on every read.
-                Some(armed) => armed,
-                None => {
-                    let d = self.deadline();
-                    self.sleep.as_mut().reset(d.0);
-                    self.armed = Some(d);
-                    d
+            let want = self.deadline();
+            let (_, kind) = match self.armed {
+                // A re-check is periodic by nature; an idle deadline armed earlier than the
+                // current one is merely stale (activity since) and is recomputed when it fires.
+                // Anything else is re-armed: e.g. a header deadline armed before hyper started
+                // the request would otherwise hold back the (earlier) idle deadline after it.
+                Some((at, kind))
+                    if kind == want.1 && (kind == Deadline::Recheck || at <= want.0) =>
+                {
+                    (at, kind)
+                }
+                _ => {
+                    self.sleep.as_mut().reset(want.0);
+                    self.armed = Some(want);
+                    want
                 }
             };
             if std::future::Future::poll(self.sleep.as_mut(), cx).is_pending() {
@@ -166,7 +219,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TimedIo<T> {
             }
             let (now_at, now_kind) = self.deadline();
             if now_kind == kind && now_at <= Instant::now() && kind != Deadline::Recheck {
-                let _ = at;
                 return Poll::Ready(self.expire(cx, kind));
             }
             self.armed = None;

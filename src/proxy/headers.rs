@@ -14,8 +14,14 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Is this an HTTP/1.1 upgrade handshake (`Connection: upgrade` with an `Upgrade` header)?
+/// `Upgrade: h2c` is not: it asks to switch this one connection to HTTP/2 (RFC 7540 §3.2,
+/// dropped by RFC 9113), which the proxy does not do and must not pass on, so it is stripped
+/// like any hop-by-hop header and the request is served over HTTP/1.1.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .any(|v| tokens(v).any(|t| !t.eq_ignore_ascii_case("h2c")))
         && headers
             .get_all(header::CONNECTION)
             .iter()
@@ -33,6 +39,7 @@ fn tokens(v: &HeaderValue) -> impl Iterator<Item = &str> {
 /// Remove hop-by-hop headers: the fixed set and any header named by `Connection`. With
 /// `keep_upgrade`, `Upgrade` and `Connection: upgrade` survive so the handshake reaches the
 /// other side. `TE: trailers` survives: gRPC servers require it to know trailers are read.
+/// `Trailer` survives too: it is end-to-end and announces the trailers of a chunked body.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Fast path: most requests carry none of them.
     let named: Vec<HeaderName> = headers
@@ -51,7 +58,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     headers.remove(header::TRANSFER_ENCODING);
     headers.remove(header::PROXY_AUTHENTICATE);
     headers.remove(header::PROXY_AUTHORIZATION);
-    headers.remove(header::TRAILER);
+    // `Trailer` is end-to-end (RFC 9110 §6.6.2), not hop-by-hop: HTTP/1.1 peers (hyper among
+    // them) only send the trailer fields it announces, so dropping it loses the trailers.
     if let Some(te) = headers.get(header::TE) {
         let trailers = tokens(te).any(|t| t.eq_ignore_ascii_case("trailers"));
         headers.remove(header::TE);
@@ -70,24 +78,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str) {
     let ip =
         HeaderValue::from_str(&client.to_string()).expect("an IP address is a valid header value");
-    match headers.get(X_FORWARDED_FOR).map(|v| v.as_bytes().to_vec()) {
-        Some(mut prev) if !prev.is_empty() => {
-            // Merge into one comma-separated value (RFC 7239 style list) rather than a second
-            // header line, which some apps read only the first of.
+    // Merge every earlier hop (possibly on several header lines) into one comma-separated
+    // value (RFC 7239 style list) rather than a second header line, which some apps read only
+    // the first of.
+    let mut prev: Vec<u8> = Vec::new();
+    for v in headers.get_all(X_FORWARDED_FOR) {
+        if v.is_empty() {
+            continue;
+        }
+        if !prev.is_empty() {
             prev.extend_from_slice(b", ");
-            prev.extend_from_slice(ip.as_bytes());
-            match HeaderValue::from_bytes(&prev) {
-                Ok(v) => {
-                    headers.insert(X_FORWARDED_FOR, v);
-                }
-                Err(_) => {
-                    headers.insert(X_FORWARDED_FOR, ip);
-                }
-            }
         }
-        _ => {
-            headers.insert(X_FORWARDED_FOR, ip);
-        }
+        prev.extend_from_slice(v.as_bytes());
+    }
+    if prev.is_empty() {
+        headers.insert(X_FORWARDED_FOR, ip);
+    } else {
+        prev.extend_from_slice(b", ");
+        prev.extend_from_slice(ip.as_bytes());
+        match HeaderValue::from_bytes(&prev) {
+            Ok(v) => headers.insert(X_FORWARDED_FOR, v),
+            Err(_) => headers.insert(X_FORWARDED_FOR, ip),
+        };
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
 }
@@ -161,12 +173,38 @@ mod tests {
     }
 
     #[test]
+    fn h2c_upgrade_is_not_forwarded() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade, HTTP2-Settings"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAAQAAP__"),
+        );
+        assert!(!is_upgrade(&h));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
         add_forwarded(&mut h, "127.0.0.1".parse().expect("ip"), "https");
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 127.0.0.1");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        h.append(
+            X_FORWARDED_FOR,
+            HeaderValue::from_static("10.0.0.2, 10.0.0.3"),
+        );
+        add_forwarded(&mut h, "127.0.0.1".parse().expect("ip"), "http");
+        let all: Vec<_> = h.get_all(X_FORWARDED_FOR).iter().collect();
+        assert_eq!(all, ["10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1"]);
     }
 
     #[test]

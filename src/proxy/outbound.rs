@@ -105,6 +105,11 @@ impl Resolver {
     }
 
     pub fn resolve(&self, name: &str) -> Result<Dest, BoxError> {
+        // `Uri::host` keeps the brackets of an IPv6 literal; `bracket` adds them back.
+        let name = name
+            .strip_prefix('[')
+            .and_then(|n| n.strip_suffix(']'))
+            .unwrap_or(name);
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         if let Some(d) = self.peers.get(&name) {
             return Ok(d.clone());
@@ -239,6 +244,12 @@ mod tests {
         let u = r.resolve("samples").expect("unknown");
         assert_eq!(u.authority.as_str(), "samples:8443");
         assert_eq!(u.label, "samples");
+        let v6 = r
+            .resolve("[::1]")
+            .expect("IPv6 literal as Uri::host gives it");
+        assert_eq!(v6.authority.as_str(), "[::1]:8443");
+        assert_eq!(r.resolve("samples.").expect("FQDN dot").label, "samples");
+        assert!(r.resolve("bad name").is_err());
     }
 
     #[test]

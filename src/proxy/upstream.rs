@@ -4,6 +4,7 @@
 //! (WebSocket) are tunnelled byte for byte once both sides switched protocols.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::body::{self, Body};
+use super::body::{self, Body, BodyEnd, Observed, OnEnd};
 use super::connect::Connector;
 use super::{headers, Dest, Direction};
 use crate::error::{BoxError, ProxyError, UpstreamFailure};
@@ -144,6 +145,19 @@ impl tower::Service<Request<Body>> for Forward {
             })?;
             let upgrade = (req.version() <= Version::HTTP_11 && headers::is_upgrade(req.headers()))
                 .then(|| hyper::upgrade::on(&mut req));
+            // A request body the client cuts (it went away, or sent broken framing) makes the
+            // upstream exchange fail too; this flag keeps that from counting as the upstream's
+            // failure. Only requests with a body pay for it.
+            let client_cut = (!http_body::Body::is_end_stream(req.body())).then(|| {
+                let flag = Arc::new(AtomicBool::new(false));
+                let observer = ClientCut(flag.clone());
+                let (parts, b) = std::mem::take(&mut req).into_parts();
+                req = Request::from_parts(parts, body::boxed(Observed::new(b, observer)));
+                flag
+            });
+            let client_cut_happened = move |f: &Option<Arc<AtomicBool>>| {
+                f.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
+            };
             let downstream_authority = req.uri().authority().cloned();
             let mut parts = std::mem::take(req.uri_mut()).into_parts();
             parts.scheme = Some(http::uri::Scheme::HTTP);
@@ -164,15 +178,8 @@ impl tower::Service<Request<Body>> for Forward {
             let client = if use_h2 {
                 &inner.h2
             } else {
-                if req.version() == Version::HTTP_2
-                    && !req.headers().contains_key(http::header::HOST)
-                {
-                    // HTTP/2 carries the authority in the URI; HTTP/1.1 needs it as `Host`.
-                    if let Some(a) = &downstream_authority {
-                        if let Ok(v) = http::HeaderValue::from_str(a.as_str()) {
-                            req.headers_mut().insert(http::header::HOST, v);
-                        }
-                    }
+                if req.version() == Version::HTTP_2 {
+                    downgrade_h2_headers(req.headers_mut(), downstream_authority.as_ref());
                 }
                 *req.version_mut() = Version::HTTP_11;
                 match &dest.identity {
@@ -218,7 +225,25 @@ impl tower::Service<Request<Body>> for Forward {
                     // must not turn our answer into HTTP/1.0).
                     *resp.version_mut() = Version::default();
                     resp.extensions_mut().insert(UpstreamTiming(elapsed));
-                    Ok(resp.map(body::boxed))
+                    let cut = BodyCut {
+                        metrics: inner.metrics.clone(),
+                        direction: inner.direction,
+                        client_cut,
+                    };
+                    Ok(resp.map(|b| body::boxed(Observed::new(b, cut))))
+                }
+                Err(err) if client_cut_happened(&client_cut) => {
+                    // The client's doing, not the upstream's: no upstream error, no 502.
+                    let err = ProxyError::new(crate::error::ErrorKind::BadRequest)
+                        .with_detail("the request body was cut by the client")
+                        .with_source(err);
+                    labels.error_type = Some(ErrorType::Proxy(err.kind));
+                    inner
+                        .metrics
+                        .client_duration
+                        .get_or_create(&labels)
+                        .observe(elapsed.as_secs_f64(), None, None);
+                    Err(err.into())
                 }
                 Err(err) => {
                     let failure = classify_client_error(&err);
@@ -237,6 +262,63 @@ impl tower::Service<Request<Body>> for Forward {
                 }
             }
         })
+    }
+}
+
+/// HTTP/2 → HTTP/1.1 header rules (RFC 9113 §8.3.1, §8.2.3): the authority becomes `Host`,
+/// and split `cookie` fields are joined with "; " (HTTP/1.1 allows one `Cookie` line).
+fn downgrade_h2_headers(h: &mut http::HeaderMap, authority: Option<&http::uri::Authority>) {
+    use http::header::{COOKIE, HOST};
+    if !h.contains_key(HOST) {
+        if let Some(v) = authority.and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()) {
+            h.insert(HOST, v);
+        }
+    }
+    if h.get_all(COOKIE).iter().nth(1).is_some() {
+        let joined: Vec<u8> = h
+            .get_all(COOKIE)
+            .iter()
+            .map(http::HeaderValue::as_bytes)
+            .collect::<Vec<_>>()
+            .join(&b"; "[..]);
+        if let Ok(v) = http::HeaderValue::from_bytes(&joined) {
+            h.insert(COOKIE, v);
+        }
+    }
+}
+
+/// Counts an upstream response body that failed mid-stream (the upstream reset or closed
+/// the connection before the declared end) as an upstream `reset`: the status was already
+/// sent, so this counter and the `response-aborted` error type are the only traces of it.
+struct BodyCut {
+    metrics: Arc<HttpMetrics>,
+    direction: Direction,
+    /// Set when the client cut its request body first: then the upstream's abort follows
+    /// from it and is not counted against the upstream.
+    client_cut: Option<Arc<AtomicBool>>,
+}
+
+impl OnEnd for BodyCut {
+    fn on_end(self, end: BodyEnd) {
+        let clients_fault = self
+            .client_cut
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed));
+        if end == BodyEnd::Error && !clients_fault {
+            self.metrics
+                .upstream_error(self.direction, UpstreamFailure::Reset.as_str());
+        }
+    }
+}
+
+/// Notes that the downstream request body failed (the client's side of the exchange).
+struct ClientCut(Arc<AtomicBool>);
+
+impl OnEnd for ClientCut {
+    fn on_end(self, end: BodyEnd) {
+        if end == BodyEnd::Error {
+            self.0.store(true, Ordering::Relaxed);
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod metrics;
 pub mod pki;
+pub mod raw;
 pub mod upstream;
 
 use std::net::SocketAddr;

@@ -2,7 +2,9 @@
 //! - `/status/{code}`        answer with that status
 //! - `/slow/{ms}`            wait, then 200
 //! - `/bytes/{n}`            stream n bytes (64 KiB chunks)
-//! - `/reset-mid-body`       send headers and part of a declared body, then drop the connection
+//! - `/reset-mid-body`       send headers and part of a declared body, then reset the connection
+//! - `/reset-mid-chunked`    the same with a chunked body (no length to betray the cut)
+//! - `/consume`              read the whole request body, then answer with its length
 //! - `/trailers`             body with a `grpc-status: 0` trailer
 //! - `/ws`                   accept an `Upgrade: websocket` and echo raw bytes
 //! - anything else           echo: the request body streamed back, with the method, version
@@ -39,6 +41,7 @@ pub struct Recorded {
 pub struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Recorded>>>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
     task: Arc<tokio::task::JoinHandle<()>>,
 }
 
@@ -50,18 +53,25 @@ impl Upstream {
         let addr = listener.local_addr().expect("addr");
         let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let seen2 = seen.clone();
+        let accepted: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let accepted2 = accepted.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let seen = seen2.clone();
                 tokio::spawn(async move {
                     // `/reset-mid-body` needs the raw socket: peek the request line first.
                     let mut peek = [0u8; 64];
                     let n = tcp.peek(&mut peek).await.unwrap_or(0);
                     if peek[..n].windows(15).any(|w| w == b"/reset-mid-body") {
-                        raw_reset(tcp).await;
+                        raw_reset(tcp, false).await;
+                        return;
+                    }
+                    if peek[..n].windows(18).any(|w| w == b"/reset-mid-chunked") {
+                        raw_reset(tcp, true).await;
                         return;
                     }
                     let svc = hyper::service::service_fn(move |req| {
@@ -77,12 +87,18 @@ impl Upstream {
         Upstream {
             addr,
             seen,
+            accepted,
             task: Arc::new(task),
         }
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
         self.seen.lock().expect("lock").clone()
+    }
+
+    /// TCP connections accepted so far (pooling checks).
+    pub fn connections(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn count(&self) -> usize {
@@ -101,12 +117,15 @@ impl Upstream {
     }
 }
 
-async fn raw_reset(mut tcp: tokio::net::TcpStream) {
+async fn raw_reset(mut tcp: tokio::net::TcpStream, chunked: bool) {
     let mut buf = [0u8; 4096];
     let _ = tcp.read(&mut buf).await;
-    let _ = tcp
-        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\npartial body")
-        .await;
+    let head: &[u8] = if chunked {
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nc\r\npartial body\r\n"
+    } else {
+        b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\npartial body"
+    };
+    let _ = tcp.write_all(head).await;
     let _ = tcp.flush().await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     // Abort with RST rather than FIN (zero linger on the std socket, which then closes).
@@ -168,6 +187,13 @@ async fn handle(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Recorded>>>) -> 
             r.headers_mut().insert("content-length", n.into());
             r
         }
+        "consume" => {
+            let n = match req.into_body().collect().await {
+                Ok(c) => c.to_bytes().len(),
+                Err(_) => return Response::new(full("body failed\n")),
+            };
+            Response::new(full(format!("consumed {n}\n")))
+        }
         "trailers" => {
             let mut trailers = HeaderMap::new();
             trailers.insert("grpc-status", "0".parse().expect("value"));
@@ -175,7 +201,11 @@ async fn handle(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Recorded>>>) -> 
                 Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"with trailers"))),
                 Ok(Frame::trailers(trailers)),
             ];
-            Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed())
+            let mut r = Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed());
+            // HTTP/1.1 sends only the trailer fields announced here.
+            r.headers_mut()
+                .insert("trailer", "grpc-status".parse().expect("value"));
+            r
         }
         "ws" => {
             let upgrade = hyper::upgrade::on(&mut req);
