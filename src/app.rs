@@ -29,6 +29,7 @@ pub struct Running {
     admin_stop: watch::Sender<bool>,
     drain: DrainController,
     drain_timeout: std::time::Duration,
+    tracing: crate::telemetry::Tracing,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -45,6 +46,7 @@ pub async fn start(cfg: Config) -> Result<Running, ConfigError> {
     let mut registry = Registry::default();
     let http_metrics = HttpMetrics::register(&mut registry);
     let conn_metrics = ConnMetrics::register(&mut registry);
+    let tracing = crate::telemetry::Tracing::start(&cfg, &mut registry)?;
     admin::register_build_and_process(&mut registry);
     let readiness = Readiness::new(&[admin::NOT_BOUND]);
 
@@ -77,7 +79,12 @@ pub async fn start(cfg: Config) -> Result<Running, ConfigError> {
         tls: None,
     };
     if let Some(l) = inbound_l {
-        let stack = inbound::stack(&cfg, http_metrics.clone(), &mut registry);
+        let stack = inbound::stack(
+            &cfg,
+            http_metrics.clone(),
+            tracing.tracer.clone(),
+            &mut registry,
+        );
         tasks.push(tokio::spawn(listener(Direction::Inbound).serve(
             l,
             stack,
@@ -85,7 +92,12 @@ pub async fn start(cfg: Config) -> Result<Running, ConfigError> {
         )));
     }
     if let Some(l) = outbound_l {
-        let stack = outbound::stack(&cfg, http_metrics.clone(), &mut registry);
+        let stack = outbound::stack(
+            &cfg,
+            http_metrics.clone(),
+            tracing.tracer.clone(),
+            &mut registry,
+        );
         tasks.push(tokio::spawn(listener(Direction::Outbound).serve(
             l,
             stack,
@@ -119,6 +131,7 @@ pub async fn start(cfg: Config) -> Result<Running, ConfigError> {
         admin_stop,
         drain,
         drain_timeout: cfg.drain_timeout,
+        tracing,
         tasks,
     })
 }
@@ -140,6 +153,7 @@ impl Running {
         let _ = self.shutdown_rx.wait_for(|s| *s).await;
         self.readiness.set(admin::DRAINING);
         tracing::info!(timeout = ?self.drain_timeout, "draining");
+        let drain_start = std::time::Instant::now();
         let clean = self.drain.drain(self.drain_timeout).await;
         if !clean {
             tracing::warn!("drain timeout reached with requests still in flight");
@@ -148,6 +162,12 @@ impl Running {
         for t in self.tasks.drain(..) {
             t.abort();
         }
+        // Export the drained requests' spans within what is left of --drain-timeout, so a dead
+        // collector cannot hold the exit.
+        let left = self.drain_timeout.saturating_sub(drain_start.elapsed());
+        self.tracing
+            .shutdown(left.max(std::time::Duration::from_millis(100)))
+            .await;
         Ok(clean)
     }
 }

@@ -29,7 +29,11 @@ async fn inbound_h1_round_trip_is_counted() {
     assert_eq!(
         m.sum(
             "http_server_request_duration_seconds_count",
-            &[("direction", "inbound"), ("http_response_status_code", "200"), ("http_request_method", "POST")]
+            &[
+                ("direction", "inbound"),
+                ("http_response_status_code", "200"),
+                ("http_request_method", "POST")
+            ]
         ),
         1.0
     );

@@ -4,6 +4,7 @@
 
 pub mod labels;
 pub mod metrics;
+pub mod trace;
 
 use prometheus_client::registry::Registry;
 

@@ -24,6 +24,7 @@ use super::{headers, Dest, Direction};
 use crate::config::{Config, Peer};
 use crate::error::{BoxError, ErrorKind, ProxyError};
 use crate::layers::metrics::{HttpMetrics, MetricsLayer};
+use crate::layers::trace::TraceLayer;
 use crate::layers::Policies;
 
 /// Distinct unknown destination names that get their own metric label; later ones share
@@ -33,6 +34,7 @@ const MAX_DYNAMIC_NAMES: usize = 256;
 pub fn stack(
     cfg: &Config,
     metrics: Arc<HttpMetrics>,
+    tracer: Arc<crate::trace::Tracer>,
     registry: &mut Registry,
 ) -> impl tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
        + Clone
@@ -48,6 +50,11 @@ pub fn stack(
             Direction::Outbound,
             cfg.routes.clone().into(),
             cfg.access_log,
+        ))
+        .layer(TraceLayer::new(
+            tracer,
+            Direction::Outbound,
+            cfg.routes.clone().into(),
         ))
         .layer(RescueLayer)
         .layer(ResolveLayer {

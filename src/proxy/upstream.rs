@@ -138,6 +138,7 @@ impl tower::Service<Request<Body>> for Forward {
                 *req.version_mut() = Version::HTTP_11;
                 &inner.h1
             };
+            let span = crate::layers::trace::ClientSpan::start(&mut req, &dest);
             let start = Instant::now();
             let result = client.request(req).await;
             let elapsed = start.elapsed();
@@ -160,7 +161,8 @@ impl tower::Service<Request<Body>> for Forward {
                         .metrics
                         .client_duration
                         .get_or_create(&labels)
-                        .observe(elapsed.as_secs_f64(), None, None);
+                        .observe(elapsed.as_secs_f64(), span.exemplar(), None);
+                    span.end_response(status);
                     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
                     if switching {
                         if let Some(down) = upgrade {
@@ -183,7 +185,8 @@ impl tower::Service<Request<Body>> for Forward {
                         .metrics
                         .client_duration
                         .get_or_create(&labels)
-                        .observe(elapsed.as_secs_f64(), None, None);
+                        .observe(elapsed.as_secs_f64(), span.exemplar(), None);
+                    span.end_error(err.kind);
                     inner
                         .metrics
                         .upstream_error(inner.direction, failure.as_str());

@@ -31,7 +31,9 @@ impl Metrics {
             if line.starts_with('#') || line.trim().is_empty() {
                 continue;
             }
-            samples.push(parse_line(line).unwrap_or_else(|| panic!("unparsable metrics line: {line}")));
+            samples.push(
+                parse_line(line).unwrap_or_else(|| panic!("unparsable metrics line: {line}")),
+            );
         }
         Metrics {
             text: text.to_string(),
@@ -40,7 +42,11 @@ impl Metrics {
     }
 
     /// Samples of `name` whose labels include every `(k, v)` of `filter`.
-    pub fn select<'a>(&'a self, name: &'a str, filter: &'a [(&'a str, &'a str)]) -> impl Iterator<Item = &'a Sample> + 'a {
+    pub fn select<'a>(
+        &'a self,
+        name: &'a str,
+        filter: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = &'a Sample> + 'a {
         self.samples.iter().filter(move |s| {
             s.name == name
                 && filter
@@ -86,7 +92,11 @@ fn parse_line(line: &str) -> Option<Sample> {
             (name_labels[..i].to_string(), parse_labels(inner)?)
         }
     };
-    Some(Sample { name, labels, value })
+    Some(Sample {
+        name,
+        labels,
+        value,
+    })
 }
 
 fn parse_labels(s: &str) -> Option<BTreeMap<String, String>> {

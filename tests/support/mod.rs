@@ -80,7 +80,10 @@ pub async fn wait_ready(admin: SocketAddr) {
                 return;
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "proxy not ready within {WAIT:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "proxy not ready within {WAIT:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -144,7 +147,9 @@ pub async fn send(client: &TestClient, req: Request<Full<Bytes>>) -> Result<Coll
 pub async fn get(url: &str) -> Result<Collected, String> {
     send(
         &h1_client(),
-        Request::get(url).body(Full::new(Bytes::new())).expect("request"),
+        Request::get(url)
+            .body(Full::new(Bytes::new()))
+            .expect("request"),
     )
     .await
 }

@@ -44,13 +44,17 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
         let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let seen2 = seen.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
                 let seen = seen2.clone();
                 tokio::spawn(async move {
                     // `/reset-mid-body` needs the raw socket: peek the request line first.
@@ -86,7 +90,10 @@ impl Upstream {
     }
 
     pub fn last(&self) -> Recorded {
-        self.requests().last().cloned().expect("the upstream saw a request")
+        self.requests()
+            .last()
+            .cloned()
+            .expect("the upstream saw a request")
     }
 
     pub fn stop(&self) {
@@ -127,7 +134,11 @@ async fn handle(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Recorded>>>) -> 
     let arg = parts.next().unwrap_or("");
     match head {
         "status" => {
-            let code = arg.parse().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::BAD_REQUEST);
+            let code = arg
+                .parse()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::BAD_REQUEST);
             let mut r = Response::new(full(format!("status {code}\n")));
             *r.status_mut() = code;
             r
@@ -147,7 +158,10 @@ async fn handle(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Recorded>>>) -> 
                         return None;
                     }
                     let take = left.min(chunk.len());
-                    Some((Ok::<_, std::io::Error>(Frame::data(chunk.slice(..take))), left - take))
+                    Some((
+                        Ok::<_, std::io::Error>(Frame::data(chunk.slice(..take))),
+                        left - take,
+                    ))
                 }
             });
             let mut r = Response::new(StreamBody::new(stream).boxed());
@@ -183,8 +197,10 @@ async fn handle(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Recorded>>>) -> 
             });
             let mut r = Response::new(full(Bytes::new()));
             *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            r.headers_mut().insert("upgrade", "websocket".parse().expect("value"));
-            r.headers_mut().insert("connection", "upgrade".parse().expect("value"));
+            r.headers_mut()
+                .insert("upgrade", "websocket".parse().expect("value"));
+            r.headers_mut()
+                .insert("connection", "upgrade".parse().expect("value"));
             r
         }
         _ => {
@@ -195,7 +211,10 @@ async fn handle(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Recorded>>>) -> 
             let h = r.headers_mut();
             h.insert("x-upstream-method", method.parse().expect("value"));
             h.insert("x-upstream-version", version.parse().expect("value"));
-            h.insert("x-upstream-path", path.parse().unwrap_or_else(|_| "?".parse().expect("value")));
+            h.insert(
+                "x-upstream-path",
+                path.parse().unwrap_or_else(|_| "?".parse().expect("value")),
+            );
             r
         }
     }
