@@ -20,7 +20,8 @@ use tokio::task::JoinHandle;
 /// Queue capacity: the SDK's default `OTEL_BSP_MAX_QUEUE_SIZE`.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 2048;
 
-/// Spans per export request: the SDK's default `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`.
+/// Spans per export request: the SDK's default `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, capped by the
+/// queue capacity (like the SDK, so the batch being filled cannot hide a full queue).
 const MAX_BATCH: usize = 512;
 
 /// How long a partial batch waits for more spans. Shorter than the SDK's 5s default so traces
@@ -75,9 +76,11 @@ pub struct ExportTask {
 
 /// Start the export task on the current runtime.
 pub fn spawn(exporter: OtlpExporter, dropped: Counter) -> (SpanSink, ExportTask) {
-    let (tx, rx) = mpsc::channel(QUEUE_CAPACITY.load(Ordering::Relaxed));
+    let capacity = QUEUE_CAPACITY.load(Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel(capacity);
     let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(run(rx, exporter, stop_rx, dropped.clone()));
+    let batch = MAX_BATCH.min(capacity);
+    let task = tokio::spawn(run(rx, exporter, stop_rx, dropped.clone(), batch));
     (SpanSink { tx, dropped }, ExportTask { stop, task })
 }
 
@@ -102,18 +105,19 @@ async fn run(
     exporter: OtlpExporter,
     mut stop: watch::Receiver<bool>,
     dropped: Counter,
+    max_batch: usize,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut batch = Vec::with_capacity(max_batch);
     let mut stopping = false;
     while !stopping {
         tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => break,
-            n = rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 { break },
+            n = rx.recv_many(&mut batch, max_batch) => if n == 0 { break },
         }
         let deadline = tokio::time::Instant::now() + SCHEDULE_DELAY;
-        while batch.len() < MAX_BATCH {
-            let room = MAX_BATCH - batch.len();
+        while batch.len() < max_batch {
+            let room = max_batch - batch.len();
             tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s) => { stopping = true; break }
@@ -121,12 +125,12 @@ async fn run(
                 n = rx.recv_many(&mut batch, room) => if n == 0 { stopping = true; break },
             }
         }
-        export(&exporter, &mut batch, &dropped).await;
+        export(&exporter, &mut batch, &dropped, max_batch).await;
     }
     // Flush: what is already queued, in full batches.
     rx.close();
     loop {
-        while batch.len() < MAX_BATCH {
+        while batch.len() < max_batch {
             match rx.try_recv() {
                 Ok(s) => batch.push(s),
                 Err(_) => break,
@@ -135,17 +139,22 @@ async fn run(
         if batch.is_empty() {
             break;
         }
-        export(&exporter, &mut batch, &dropped).await;
+        export(&exporter, &mut batch, &dropped, max_batch).await;
     }
     let _ = exporter.shutdown_with_timeout(Duration::from_millis(100));
 }
 
-async fn export(exporter: &OtlpExporter, batch: &mut Vec<SpanData>, dropped: &Counter) {
+async fn export(
+    exporter: &OtlpExporter,
+    batch: &mut Vec<SpanData>,
+    dropped: &Counter,
+    max_batch: usize,
+) {
     if batch.is_empty() {
         return;
     }
     let n = batch.len() as u64;
-    let spans = std::mem::replace(batch, Vec::with_capacity(MAX_BATCH));
+    let spans = std::mem::replace(batch, Vec::with_capacity(max_batch));
     match tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(spans)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
