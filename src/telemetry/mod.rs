@@ -24,6 +24,14 @@ use crate::trace::Tracer;
 pub struct Guard;
 
 pub fn init(cfg: &Config) -> Guard {
+    init_with_writer(cfg, std::io::stderr)
+}
+
+/// `init` with another destination than stderr (tests read the lines back).
+pub fn init_with_writer<W>(cfg: &Config, writer: W) -> Guard
+where
+    W: for<'a> fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_new(&cfg.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match cfg.log_format {
@@ -31,14 +39,12 @@ pub fn init(cfg: &Config) -> Guard {
             .with(
                 fmt::layer()
                     .json()
-                    .with_writer(std::io::stderr)
+                    .with_writer(writer)
                     .with_current_span(true)
                     .flatten_event(true),
             )
             .try_init(),
-        LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
-            .try_init(),
+        LogFormat::Text => registry.with(fmt::layer().with_writer(writer)).try_init(),
     };
     Guard
 }
