@@ -6,7 +6,7 @@
 //! - `proxy/*`: a full HTTP/1.1 round trip through the inbound listener to a local upstream.
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod support;
 
 use std::convert::Infallible;

@@ -9,6 +9,7 @@
 //! decision is honoured, a trace that starts here is sampled when the low 63 bits of its
 //! trace id fall under `ratio * 2^63`.
 
+pub mod client;
 pub mod propagation;
 
 use std::borrow::Cow;

@@ -268,3 +268,49 @@ pub async fn black_hole() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     });
     (addr, task)
 }
+
+// Helpers shared by the tracing tests and bench.
+
+pub const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+pub const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+/// A config exporting to `c` with `service.name = name` and one `--route`.
+pub fn traced(
+    up: std::net::SocketAddr,
+    c: &Collector,
+    protocol: Protocol,
+    name: &str,
+) -> tracseq_proxy::config::Config {
+    let mut cfg = super::config(up);
+    cfg.otlp_endpoint = Some(c.endpoint());
+    cfg.otlp_protocol = match protocol {
+        Protocol::Grpc => tracseq_proxy::config::OtlpProtocol::Grpc,
+        Protocol::Http => tracseq_proxy::config::OtlpProtocol::Http,
+    };
+    cfg.service_name = Some(name.to_string());
+    cfg.routes = vec!["/api/samples/{id}".parse().expect("route")];
+    cfg
+}
+
+/// A GET with extra headers.
+pub fn get_with(url: &str, headers: &[(&str, &str)]) -> http::Request<Full<Bytes>> {
+    let mut b = http::Request::get(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::new())).expect("request")
+}
+
+/// `(trace-id, parent-id, flags)` of the `traceparent` the upstream received.
+pub fn traceparent_of(r: &super::upstream::Recorded) -> (String, String, String) {
+    let tp = r
+        .headers
+        .get("traceparent")
+        .expect("upstream got a traceparent")
+        .to_str()
+        .expect("ascii");
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!(parts.len(), 4, "{tp}");
+    assert_eq!(parts[0], "00");
+    (parts[1].into(), parts[2].into(), parts[3].into())
+}
