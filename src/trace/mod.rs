@@ -189,3 +189,34 @@ pub struct ServerContext {
     pub tracer: Arc<Tracer>,
     pub ids: TraceIds,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(low: u64) -> [u8; 16] {
+        let mut t = [0xabu8; 16];
+        t[8..].copy_from_slice(&low.to_be_bytes());
+        t
+    }
+
+    #[test]
+    fn ratio_sampling_matches_the_sdk_arithmetic() {
+        let half = Tracer::new(None, 0.5, false);
+        // Low 63 bits of the trace id against ratio * 2^63.
+        assert!(half.sample_root(&id(0)));
+        assert!(half.sample_root(&id((1u64 << 63) - 1)));
+        assert!(!half.sample_root(&id(1u64 << 63)));
+        assert!(!half.sample_root(&id(u64::MAX)));
+        let none = Tracer::new(None, 0.0, false);
+        assert!(!none.sample_root(&id(0)));
+        let all = Tracer::new(None, 1.0, false);
+        assert!(all.sample_root(&id(u64::MAX)));
+        // About the ratio over random ids.
+        let quarter = Tracer::new(None, 0.25, false);
+        let n = (0..4000)
+            .filter(|_| quarter.sample_root(&Tracer::new_trace_id()))
+            .count();
+        assert!((700..1300).contains(&n), "{n} of 4000 at 0.25");
+    }
+}
