@@ -43,9 +43,12 @@ pub enum Extracted {
 
 /// Read the caller's context: W3C first (it is what we emit), then B3 when accepted.
 pub fn extract(headers: &HeaderMap, accept_b3: bool) -> Extracted {
-    let w3c = headers
-        .get(TRACEPARENT)
-        .map(|v| parse_traceparent(v.as_bytes()));
+    let mut all = headers.get_all(TRACEPARENT).iter();
+    // Two `traceparent` headers are as good as an invalid one (W3C test suite).
+    let w3c = all.next().map(|v| match all.next() {
+        None => parse_traceparent(v.as_bytes()),
+        Some(_) => None,
+    });
     if let Some(Some(p)) = w3c {
         return Extracted::W3c(p);
     }

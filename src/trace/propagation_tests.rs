@@ -143,6 +143,12 @@ fn extract_prefers_w3c_and_reports_invalid() {
     let h = headers(&[("traceparent", "garbage")]);
     assert_eq!(extract(&h, true), Extracted::Invalid);
     assert_eq!(extract(&HeaderMap::new(), true), Extracted::None);
+    let h = headers(&[("traceparent", TP), ("traceparent", TP)]);
+    assert_eq!(
+        extract(&h, false),
+        Extracted::Invalid,
+        "duplicated traceparent"
+    );
 }
 
 #[test]
