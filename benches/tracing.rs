@@ -4,9 +4,13 @@
 //!   service (a request with a caller's `traceparent`), which isolates the per-request cost
 //!   that the aim "unsampled costs < 1 µs more than off" is about;
 //! - `proxy/*`: a full HTTP/1.1 round trip through the inbound listener to a local upstream.
+//!
+//! Measured on the 2-core shared dev machine (bench profile without LTO), for reference:
+//! trace_layer off 0.59 µs, sampling 0 1.03 µs (+0.44 µs), sampling 1 2.15 µs;
+//! proxy off 100 µs, sampling 0 103 µs (within noise), sampling 1 116 µs (the collector runs
+//! in the same process and competes for the CPU).
 
 #[path = "../tests/support/mod.rs"]
-#[allow(unused_imports)]
 mod support;
 
 use std::convert::Infallible;
