@@ -33,6 +33,7 @@ pub struct Running {
     admin_stop: watch::Sender<bool>,
     drain: DrainController,
     drain_timeout: std::time::Duration,
+    tracing: crate::telemetry::Tracing,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -50,6 +51,7 @@ pub async fn start(cfg: Config) -> Result<Running, ConfigError> {
     let http_metrics = HttpMetrics::register(&mut registry);
     let conn_metrics = ConnMetrics::register(&mut registry);
     let policy_metrics = PolicyMetrics::register(&mut registry);
+    let tracing = crate::telemetry::Tracing::start(&cfg, &mut registry)?;
     admin::register_build_and_process(&mut registry);
     let tls_metrics = crate::tls::TlsMetrics::register(&mut registry);
     let readiness = Readiness::new(&[admin::NOT_BOUND]);
@@ -103,6 +105,7 @@ pub async fn start(cfg: Config) -> Result<Running, ConfigError> {
         let stack = inbound::stack(
             &cfg,
             http_metrics.clone(),
+            tracing.tracer.clone(),
             policy_metrics.clone(),
             &mut registry,
         );
@@ -116,6 +119,7 @@ pub async fn start(cfg: Config) -> Result<Running, ConfigError> {
         let stack = outbound::stack(
             &cfg,
             http_metrics.clone(),
+            tracing.tracer.clone(),
             policy_metrics.clone(),
             &mut registry,
             client_tls.clone(),
@@ -153,6 +157,7 @@ pub async fn start(cfg: Config) -> Result<Running, ConfigError> {
         admin_stop,
         drain,
         drain_timeout: cfg.drain_timeout,
+        tracing,
         tasks,
     })
 }
@@ -230,6 +235,7 @@ impl Running {
         let _ = self.shutdown_rx.wait_for(|s| *s).await;
         self.readiness.set(admin::DRAINING);
         tracing::info!(timeout = ?self.drain_timeout, "draining");
+        let drain_start = std::time::Instant::now();
         let clean = self.drain.drain(self.drain_timeout).await;
         if !clean {
             tracing::warn!("drain timeout reached with requests still in flight");
@@ -238,6 +244,12 @@ impl Running {
         for t in self.tasks.drain(..) {
             t.abort();
         }
+        // Export the drained requests' spans within what is left of --drain-timeout, so a dead
+        // collector cannot hold the exit.
+        let left = self.drain_timeout.saturating_sub(drain_start.elapsed());
+        self.tracing
+            .shutdown(left.max(std::time::Duration::from_millis(100)))
+            .await;
         Ok(clean)
     }
 }

@@ -11,3 +11,4 @@ pub mod layers;
 pub mod proxy;
 pub mod telemetry;
 pub mod tls;
+pub mod trace;

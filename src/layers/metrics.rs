@@ -236,6 +236,7 @@ where
             },
             active,
             exemplar: None,
+            trace: None,
             access,
         };
         guard.labels.direction = guard.shared.direction;
@@ -302,6 +303,9 @@ where
             .extensions()
             .get::<ExemplarContext>()
             .and_then(|c| c.0.clone());
+        if guard.access.is_some() {
+            guard.trace = resp.extensions().get::<crate::trace::TraceIds>().copied();
+        }
         let (parts, body) = resp.into_parts();
         Poll::Ready(Ok(Response::from_parts(
             parts,
@@ -326,6 +330,8 @@ pub struct RequestGuard {
     labels: ServerLabels,
     active: Gauge,
     exemplar: Option<TraceExemplar>,
+    /// Set by the trace layer; for the access log's `trace_id`/`span_id`.
+    trace: Option<crate::trace::TraceIds>,
     access: Option<AccessInfo>,
 }
 
@@ -341,6 +347,11 @@ impl OnEnd for RequestGuard {
             .get_or_create(&self.labels)
             .observe(elapsed.as_secs_f64(), self.exemplar.take(), None);
         if let Some(a) = &self.access {
+            use crate::trace::propagation::hex;
+            let (trace_id, span_id) = self
+                .trace
+                .map(|t| (hex(&t.trace_id), hex(&t.span_id)))
+                .unwrap_or_default();
             let mut err = String::new();
             if let Some(e) = &self.labels.error_type {
                 let _ = e.write(&mut err);
@@ -356,6 +367,8 @@ impl OnEnd for RequestGuard {
                 error = %err,
                 client = ?a.client,
                 request_id = a.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+                trace_id,
+                span_id,
                 "request"
             );
         }

@@ -10,6 +10,7 @@ pub mod load_shed;
 pub mod metrics;
 pub mod rate_limit;
 pub mod retry;
+pub mod trace;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

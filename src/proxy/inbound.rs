@@ -2,6 +2,7 @@
 //! Layer order, outermost first, and why:
 //! 1. request id    — the id must be on every answer, the proxy's own included;
 //! 2. metrics       — RED metrics see every answer, including those `rescue` makes;
+//!    trace         — just inside: SERVER span, ids on the response for exemplars and logs;
 //! 3. rescue        — below this point failures are errors; above, they are responses;
 //! 4. prepare       — header rules (hop-by-hop, XFCC, x-forwarded-*) and the destination;
 //! 5. policies      — authz → rate limit → load shed → circuit breaker (cheapest refusals
@@ -27,12 +28,14 @@ use crate::error::BoxError;
 use crate::layers::authz::AuthzLayer;
 use crate::layers::metrics::{HttpMetrics, MetricsLayer};
 use crate::layers::retry::RetryLayer;
+use crate::layers::trace::TraceLayer;
 use crate::layers::{Policies, PolicyMetrics};
 
 /// Build the inbound stack for `cfg.upstream`.
 pub fn stack(
     cfg: &Config,
     metrics: Arc<HttpMetrics>,
+    tracer: Arc<crate::trace::Tracer>,
     policy_metrics: Arc<PolicyMetrics>,
     registry: &mut Registry,
 ) -> impl tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
@@ -61,6 +64,11 @@ pub fn stack(
             Direction::Inbound,
             cfg.routes.clone().into(),
             cfg.access_log,
+        ))
+        .layer(TraceLayer::new(
+            tracer,
+            Direction::Inbound,
+            cfg.routes.clone().into(),
         ))
         .layer(RescueLayer)
         .layer(PrepareLayer {

@@ -25,6 +25,7 @@ use crate::config::{Config, Peer};
 use crate::error::{BoxError, ErrorKind, ProxyError};
 use crate::layers::metrics::{HttpMetrics, MetricsLayer};
 use crate::layers::retry::RetryLayer;
+use crate::layers::trace::TraceLayer;
 use crate::layers::{Policies, PolicyMetrics};
 
 /// Distinct unknown destination names that get their own metric label; later ones share
@@ -34,6 +35,7 @@ const MAX_DYNAMIC_NAMES: usize = 256;
 pub fn stack(
     cfg: &Config,
     metrics: Arc<HttpMetrics>,
+    tracer: Arc<crate::trace::Tracer>,
     policy_metrics: Arc<PolicyMetrics>,
     _registry: &mut Registry,
     tls: Option<Arc<crate::tls::ClientTls>>,
@@ -51,6 +53,11 @@ pub fn stack(
             Direction::Outbound,
             cfg.routes.clone().into(),
             cfg.access_log,
+        ))
+        .layer(TraceLayer::new(
+            tracer,
+            Direction::Outbound,
+            cfg.routes.clone().into(),
         ))
         .layer(RescueLayer)
         .layer(ResolveLayer {

@@ -190,6 +190,7 @@ impl tower::Service<Request<Body>> for Forward {
                     _ => &inner.h1,
                 }
             };
+            let span = crate::layers::trace::ClientSpan::start(&mut req, &dest);
             let start = Instant::now();
             let result = client.request(req).await;
             let elapsed = start.elapsed();
@@ -212,7 +213,8 @@ impl tower::Service<Request<Body>> for Forward {
                         .metrics
                         .client_duration
                         .get_or_create(&labels)
-                        .observe(elapsed.as_secs_f64(), None, None);
+                        .observe(elapsed.as_secs_f64(), span.exemplar(), None);
+                    span.end_response(status);
                     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
                     if switching {
                         if let Some(down) = upgrade {
@@ -253,7 +255,8 @@ impl tower::Service<Request<Body>> for Forward {
                         .metrics
                         .client_duration
                         .get_or_create(&labels)
-                        .observe(elapsed.as_secs_f64(), None, None);
+                        .observe(elapsed.as_secs_f64(), span.exemplar(), None);
+                    span.end_error(err.kind);
                     inner
                         .metrics
                         .upstream_error(inner.direction, failure.as_str());

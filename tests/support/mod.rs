@@ -2,6 +2,7 @@
 //! clients and a `/metrics` parser. Every wait is bounded.
 #![allow(dead_code)]
 
+pub mod collector;
 pub mod metrics;
 pub mod pki;
 pub mod raw;
