@@ -355,9 +355,16 @@ async fn a_get_to_a_refusing_peer_is_retried_once_a_post_never() {
         502
     );
     assert_eq!(
-        send(&client, with_host(http::Method::POST, ""))
+        send(&client, with_host(http::Method::POST, "form=1"))
             .await
             .expect("POST")
+            .status,
+        502
+    );
+    assert_eq!(
+        send(&client, with_host(http::Method::DELETE, ""))
+            .await
+            .expect("DELETE")
             .status,
         502
     );
@@ -370,7 +377,12 @@ async fn a_get_to_a_refusing_peer_is_retried_once_a_post_never() {
     );
     let m = proxy.metrics().await;
     assert_eq!(attempts(&m, "GET"), 2.0, "GET: first attempt + one retry");
-    assert_eq!(attempts(&m, "POST"), 1.0, "POST is never retried");
+    assert_eq!(
+        attempts(&m, "POST"),
+        1.0,
+        "a POST with a body is not retried"
+    );
+    assert_eq!(attempts(&m, "DELETE"), 2.0, "never sent: retried once");
     assert_eq!(
         attempts(&m, "PUT"),
         1.0,

@@ -99,18 +99,15 @@ impl Budget {
     }
 }
 
-fn idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
-
-/// Whether a request may be sent again: idempotent, with an empty body, and not an upgrade
-/// (its connection is handed over once).
+/// Whether a request may be sent again: its body is empty (a streamed body is consumed by
+/// the first attempt and cannot be replayed), it is not an upgrade (its connection is handed
+/// over once) and not CONNECT. The method does not matter because the only failure retried
+/// is a connect failure, after which nothing was sent: CONTRACT.md retries "requests never
+/// sent (connect failures)" whatever their method, so an empty POST is retried too, while a
+/// POST (or any request) with a body is not.
 pub fn replayable<B: http_body::Body>(req: &Request<B>) -> bool {
-    idempotent(req.method())
-        && (req.body().is_end_stream() || req.body().size_hint().exact() == Some(0))
+    (req.body().is_end_stream() || req.body().size_hint().exact() == Some(0))
+        && req.method() != Method::CONNECT
         && !headers::is_upgrade(req.headers())
 }
 
