@@ -222,6 +222,11 @@ async fn policy_metrics_are_exposed_once_and_pass_promtool() {
         .expect("promtool runs");
     let report =
         String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    // A parse failure names no family, so check for it first: the text must parse at all.
+    assert!(
+        !report.contains("error while linting") && !report.contains("parsing error"),
+        "promtool cannot parse the exposition:\n{report}"
+    );
     assert!(
         !report.contains("tracseq_proxy_rate_limited")
             && !report.contains("tracseq_proxy_load_shed")

@@ -110,6 +110,8 @@ pub enum ErrorType {
     Status(u16),
     /// The response started but its body was cut by the upstream.
     BodyAborted,
+    /// The caller went away before the upstream answered.
+    Cancelled,
 }
 
 impl ErrorType {
@@ -118,6 +120,7 @@ impl ErrorType {
             Self::Proxy(k) => w.write_str(k.as_str()),
             Self::Status(s) => write!(w, "{s}"),
             Self::BodyAborted => w.write_str("response-aborted"),
+            Self::Cancelled => w.write_str("cancelled"),
         }
     }
 }

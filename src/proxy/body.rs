@@ -3,6 +3,7 @@
 //! complete, failed (the upstream died mid-body) or dropped (the client went away), which is
 //! when the request's metrics and in-flight counts are settled.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -108,6 +109,80 @@ where
             }
         }
         Poll::Ready(res)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Fails a body that moves no frame for `timeout` while its consumer waits for one: a
+    /// stalled upstream response or a stalled upload must not hold connections, a concurrency
+    /// slot and the in-flight gauge forever (`--idle-timeout`, like Envoy's stream idle
+    /// timeout). The timer exists only once the body has had to wait.
+    pub struct IdleTimeout<B> {
+        #[pin]
+        inner: B,
+        timeout: std::time::Duration,
+        sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+        armed: bool,
+    }
+}
+
+impl<B> IdleTimeout<B> {
+    pub fn new(inner: B, timeout: std::time::Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            sleep: None,
+            armed: false,
+        }
+    }
+}
+
+/// The error an idle body ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("no body data moved for --idle-timeout ({0:?})")]
+pub struct BodyIdle(pub std::time::Duration);
+
+impl<B> http_body::Body for IdleTimeout<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(res) => {
+                *this.armed = false;
+                Poll::Ready(res.map(|r| r.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let deadline = tokio::time::Instant::now() + *this.timeout;
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if !*this.armed {
+                    sleep.as_mut().reset(deadline);
+                    *this.armed = true;
+                }
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyIdle(*this.timeout).into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {

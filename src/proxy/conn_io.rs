@@ -114,6 +114,8 @@ pub struct TimedIo<T> {
     head_start: Option<Instant>,
     /// `None` until the first bytes tell HTTP/1 from HTTP/2.
     is_h2: Option<bool>,
+    /// How many bytes of the HTTP/2 preface have matched so far.
+    preface_seen: usize,
     on_header_timeout: Option<Box<dyn FnOnce() + Send>>,
 }
 
@@ -138,6 +140,7 @@ impl<T> TimedIo<T> {
             seen_started: 0,
             head_start: None,
             is_h2: None,
+            preface_seen: 0,
             on_header_timeout: Some(on_header_timeout),
         }
     }
@@ -158,8 +161,18 @@ impl<T> TimedIo<T> {
         let now = Instant::now();
         self.last_activity = now;
         if self.is_h2.is_none() {
-            let n = bytes.len().min(H2_PREFACE.len());
-            self.is_h2 = Some(bytes[..n] == H2_PREFACE[..n]);
+            // Decide only on a mismatch or on the whole preface: a client that sends "P" and
+            // then trickles must not escape the header deadline by looking like HTTP/2.
+            let seen = self.preface_seen;
+            let n = bytes.len().min(H2_PREFACE.len() - seen);
+            if bytes[..n] != H2_PREFACE[seen..seen + n] {
+                self.is_h2 = Some(false);
+            } else {
+                self.preface_seen += n;
+                if self.preface_seen == H2_PREFACE.len() {
+                    self.is_h2 = Some(true);
+                }
+            }
         }
         self.sync();
         if self.state.active.load(Ordering::Relaxed) == 0 && self.head_start.is_none() {

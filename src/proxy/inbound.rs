@@ -82,12 +82,15 @@ pub fn stack(
             metrics.clone(),
         ))
         .layer(RetryLayer::new(cfg, Direction::Inbound))
-        .service(Forward::new(
-            Direction::Inbound,
-            H2Policy::GrpcOnly,
-            Connector::new(cfg.connect_timeout),
-            metrics,
-        ))
+        .service(
+            Forward::new(
+                Direction::Inbound,
+                H2Policy::GrpcOnly,
+                Connector::new(cfg.connect_timeout),
+                metrics,
+            )
+            .with_body_idle_timeout(cfg.idle_timeout),
+        )
 }
 
 #[derive(Clone)]

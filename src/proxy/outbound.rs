@@ -70,12 +70,15 @@ pub fn stack(
             metrics.clone(),
         ))
         .layer(RetryLayer::new(cfg, Direction::Outbound))
-        .service(Forward::new(
-            Direction::Outbound,
-            H2Policy::FollowDownstream,
-            Connector::new(cfg.connect_timeout).with_tls(tls),
-            metrics,
-        ))
+        .service(
+            Forward::new(
+                Direction::Outbound,
+                H2Policy::FollowDownstream,
+                Connector::new(cfg.connect_timeout).with_tls(tls),
+                metrics,
+            )
+            .with_body_idle_timeout(cfg.idle_timeout),
+        )
 }
 
 /// Name → destination. The static table is built once; unknown names are interned up to
@@ -213,6 +216,13 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         use futures_util::future::{ready, Either};
+        if req.method() == http::Method::CONNECT {
+            // An app with HTTPS_PROXY set would tunnel TLS through us; the sidecar is the one
+            // that adds TLS, so refuse clearly instead of forwarding a CONNECT to a peer.
+            return Either::Right(ready(Err(ProxyError::new(ErrorKind::BadRequest)
+                .with_detail("CONNECT is not supported: call http:// URLs, the sidecar adds mTLS")
+                .into())));
+        }
         let Some(host) = target_host(&req) else {
             return Either::Right(ready(Err(ProxyError::new(ErrorKind::BadRequest)
                 .with_detail("no destination: send an absolute-form URI or a Host header")

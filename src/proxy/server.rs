@@ -332,7 +332,7 @@ impl Listener {
             self.idle_timeout,
             on_timeout,
         );
-        let service = HyperService::new(stack, meta);
+        let service = HyperService::new(stack, meta, self.idle_timeout);
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         let result = tokio::select! {

@@ -23,11 +23,16 @@ use crate::layers::metrics::HttpMetrics;
 pub struct HyperService<S> {
     stack: S,
     meta: Arc<ConnMeta>,
+    idle_timeout: Duration,
 }
 
 impl<S> HyperService<S> {
-    pub fn new(stack: S, meta: Arc<ConnMeta>) -> Self {
-        Self { stack, meta }
+    pub fn new(stack: S, meta: Arc<ConnMeta>, idle_timeout: Duration) -> Self {
+        Self {
+            stack,
+            meta,
+            idle_timeout,
+        }
     }
 }
 
@@ -40,7 +45,13 @@ where
     type Future = Oneshot<S, Request<Body>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let mut req = req.map(body::boxed);
+        let idle = self.idle_timeout;
+        let mut req = if http_body::Body::is_end_stream(req.body()) {
+            req.map(body::boxed)
+        } else {
+            // An upload that stalls is cut after --idle-timeout.
+            req.map(|b| body::boxed(body::IdleTimeout::new(b, idle)))
+        };
         req.extensions_mut().insert(self.meta.clone());
         self.stack.clone().oneshot(req)
     }
@@ -172,6 +183,10 @@ where
     }
 }
 
+/// The instant `--request-timeout` fires for a request (a request extension).
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(pub tokio::time::Instant);
+
 /// `--request-timeout`: a deadline for the upstream's response headers (bodies may stream for
 /// longer: a download is not a timeout). Fires as 504 `upstream-timeout`.
 #[derive(Clone)]
@@ -220,7 +235,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        // Inner layers (the upstream call) learn when they will be cut off, so a call dropped
+        // at the deadline is recorded as a timeout rather than a cancellation.
+        req.extensions_mut()
+            .insert(Deadline(tokio::time::Instant::now() + self.layer.timeout));
         TimeoutFuture {
             inner: tokio::time::timeout(self.layer.timeout, self.inner.call(req)),
             layer: self.layer.clone(),

@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::body::{self, Body, BodyEnd, Observed, OnEnd};
 use super::connect::Connector;
+use super::stack::Deadline;
 use super::{headers, Dest, Direction};
 use crate::error::{BoxError, ProxyError, UpstreamFailure};
 use crate::layers::metrics::{ClientLabels, ErrorType, HttpMetrics, Method, UpstreamTiming};
@@ -65,7 +66,12 @@ struct Inner {
     connector: Connector,
     h2: Client<Connector, Body>,
     metrics: Arc<HttpMetrics>,
+    /// A response body that moves no data for this long fails (`--idle-timeout`).
+    body_idle_timeout: Duration,
 }
+
+/// Default for `Forward::with_body_idle_timeout`: the contract's `--idle-timeout` default.
+const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Forward {
     pub fn new(
@@ -102,8 +108,17 @@ impl Forward {
                 connector,
                 h2,
                 metrics,
+                body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
             }),
         }
+    }
+
+    /// Fail a response body that stalls for `d` (`--idle-timeout`).
+    pub fn with_body_idle_timeout(mut self, d: Duration) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.body_idle_timeout = d;
+        }
+        self
     }
 }
 
@@ -191,17 +206,25 @@ impl tower::Service<Request<Body>> for Forward {
                 }
             };
             let span = crate::layers::trace::ClientSpan::start(&mut req, &dest);
+            let deadline = req.extensions().get::<Deadline>().map(|d| d.0);
             let start = Instant::now();
+            let mut unfinished = Unfinished {
+                inner: inner.clone(),
+                labels: ClientLabels {
+                    direction: inner.direction,
+                    method,
+                    status: None,
+                    server_address: dest.label,
+                    server_port: dest.port,
+                    error_type: None,
+                },
+                start,
+                deadline,
+                span: Some(span),
+            };
             let result = client.request(req).await;
             let elapsed = start.elapsed();
-            let mut labels = ClientLabels {
-                direction: inner.direction,
-                method,
-                status: None,
-                server_address: dest.label,
-                server_port: dest.port,
-                error_type: None,
-            };
+            let (mut labels, span) = unfinished.finish();
             match result {
                 Ok(mut resp) => {
                     let status = resp.status();
@@ -232,7 +255,9 @@ impl tower::Service<Request<Body>> for Forward {
                         direction: inner.direction,
                         client_cut,
                     };
-                    Ok(resp.map(|b| body::boxed(Observed::new(b, cut))))
+                    let idle = inner.body_idle_timeout;
+                    Ok(resp
+                        .map(|b| body::boxed(Observed::new(body::IdleTimeout::new(b, idle), cut))))
                 }
                 Err(err) if client_cut_happened(&client_cut) => {
                     // The client's doing, not the upstream's: no upstream error, no 502.
@@ -322,6 +347,46 @@ impl OnEnd for ClientCut {
         if end == BodyEnd::Error {
             self.0.store(true, Ordering::Relaxed);
         }
+    }
+}
+
+/// A call in flight. If its future is dropped before the upstream answered (the request
+/// timeout fired, or the caller went away) it still lands in the client metrics and its span
+/// ends with the right error, so the slowest calls are not missing from the client view.
+struct Unfinished {
+    inner: Arc<Inner>,
+    labels: ClientLabels,
+    start: Instant,
+    deadline: Option<tokio::time::Instant>,
+    span: Option<crate::layers::trace::ClientSpan>,
+}
+
+impl Unfinished {
+    /// The call completed: hand back what the normal path records.
+    fn finish(&mut self) -> (ClientLabels, crate::layers::trace::ClientSpan) {
+        let span = self.span.take().expect("finish is called once");
+        (self.labels.clone(), span)
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        let Some(span) = self.span.take() else { return };
+        // The timeout layer drops us right at its deadline; allow for timer granularity.
+        let timed_out = self.deadline.is_some_and(|d| {
+            tokio::time::Instant::now() + std::time::Duration::from_millis(2) >= d
+        });
+        self.labels.error_type = Some(if timed_out {
+            ErrorType::Proxy(crate::error::ErrorKind::UpstreamTimeout)
+        } else {
+            ErrorType::Cancelled
+        });
+        self.inner
+            .metrics
+            .client_duration
+            .get_or_create(&self.labels)
+            .observe(self.start.elapsed().as_secs_f64(), span.exemplar(), None);
+        span.end_unfinished(timed_out);
     }
 }
 

@@ -110,6 +110,17 @@ impl ClientSpan {
     }
 }
 
+impl ClientSpan {
+    /// End a call that never completed: the request timeout fired (`timed_out`) or the caller
+    /// went away.
+    pub fn end_unfinished(self, timed_out: bool) {
+        if timed_out {
+            self.end_error(ErrorKind::UpstreamTimeout);
+        }
+        // Otherwise `Drop` records it as cancelled.
+    }
+}
+
 impl Drop for ClientSpan {
     fn drop(&mut self) {
         if let Some(mut span) = self.record.take() {

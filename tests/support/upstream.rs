@@ -4,6 +4,7 @@
 //! - `/bytes/{n}`            stream n bytes (64 KiB chunks)
 //! - `/reset-mid-body`       send headers and part of a declared body, then reset the connection
 //! - `/reset-mid-chunked`    the same with a chunked body (no length to betray the cut)
+//! - `/stall-mid-body`       headers and part of a declared body, then silence
 //! - `/consume`              read the whole request body, then answer with its length
 //! - `/trailers`             body with a `grpc-status: 0` trailer
 //! - `/ws`                   accept an `Upgrade: websocket` and echo raw bytes
@@ -74,6 +75,10 @@ impl Upstream {
                         raw_reset(tcp, true).await;
                         return;
                     }
+                    if peek[..n].windows(15).any(|w| w == b"/stall-mid-body") {
+                        raw_stall(tcp).await;
+                        return;
+                    }
                     let svc = hyper::service::service_fn(move |req| {
                         let seen = seen.clone();
                         async move { Ok::<_, Infallible>(handle(req, seen).await) }
@@ -134,6 +139,17 @@ async fn raw_reset(mut tcp: tokio::net::TcpStream, chunked: bool) {
         let _ = sock.set_linger(Some(Duration::ZERO));
         drop(sock);
     }
+}
+
+/// Headers and part of a declared body, then silence (bounded: 30 s) with the socket open.
+async fn raw_stall(mut tcp: tokio::net::TcpStream) {
+    let mut buf = [0u8; 4096];
+    let _ = tcp.read(&mut buf).await;
+    let _ = tcp
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\npartial body")
+        .await;
+    let _ = tcp.flush().await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
 }
 
 fn full(b: impl Into<Bytes>) -> Body {
