@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 pub use app::{DemoApp, Profile};
-pub use summary::{histogram_quantile, Row, Summary};
+pub use summary::{histogram_quantile, parse_line as parse_sample, Row, Sample, Summary};
 pub use traffic::{Counts, Flow, Sent};
 
 use crate::app::Running;

@@ -181,7 +181,8 @@ pub fn parse(text: &str) -> Vec<Sample> {
         .collect()
 }
 
-fn parse_line(line: &str) -> Option<Sample> {
+/// One sample line of the Prometheus text format; `None` if it does not parse.
+pub fn parse_line(line: &str) -> Option<Sample> {
     let (name, labels, rest) = match line.find('{') {
         Some(open) => {
             let close = line.rfind('}')?;

@@ -1,14 +1,10 @@
-//! A small parser for the Prometheus text format served by `/metrics`.
+//! `/metrics` scraped and parsed (with the demo's text-format parser, strictly: a line that
+//! does not parse fails the test).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-#[derive(Debug, Clone)]
-pub struct Sample {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub value: f64,
-}
+use tracseq_proxy::demo::parse_sample as parse_line;
+pub use tracseq_proxy::demo::Sample;
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -65,65 +61,5 @@ impl Metrics {
         self.text
             .lines()
             .any(|l| l.starts_with(&format!("# TYPE {name} ")))
-    }
-}
-
-fn parse_line(line: &str) -> Option<Sample> {
-    let (name_labels, rest) = match line.find('{') {
-        Some(_) => {
-            let end = line.rfind('}')?;
-            (&line[..=end], line[end + 1..].trim())
-        }
-        None => {
-            let (n, r) = line.split_once(' ')?;
-            (n, r.trim())
-        }
-    };
-    let value_str = rest.split_whitespace().next()?;
-    let value = match value_str {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        v => v.parse().ok()?,
-    };
-    let (name, labels) = match name_labels.find('{') {
-        None => (name_labels.to_string(), BTreeMap::new()),
-        Some(i) => {
-            let inner = &name_labels[i + 1..name_labels.len() - 1];
-            (name_labels[..i].to_string(), parse_labels(inner)?)
-        }
-    };
-    Some(Sample {
-        name,
-        labels,
-        value,
-    })
-}
-
-fn parse_labels(s: &str) -> Option<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    let mut chars = s.chars().peekable();
-    loop {
-        while chars.peek() == Some(&',') || chars.peek() == Some(&' ') {
-            chars.next();
-        }
-        if chars.peek().is_none() {
-            return Some(out);
-        }
-        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
-        if chars.next()? != '"' {
-            return None;
-        }
-        let mut val = String::new();
-        loop {
-            match chars.next()? {
-                '\\' => match chars.next()? {
-                    'n' => val.push('\n'),
-                    c => val.push(c),
-                },
-                '"' => break,
-                c => val.push(c),
-            }
-        }
-        out.insert(key.trim().to_string(), val);
     }
 }
