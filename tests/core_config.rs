@@ -76,7 +76,7 @@ fn defaults_are_the_contracts() {
 fn precedence_flag_over_env_over_file_over_default() {
     let _env = env_lock();
     let file = toml_file(
-        "upstream = \"http://127.0.0.1:7000\"\nrequest-timeout = \"500ms\"\nidle-timeout = \"5s\"\npeer = [\"orders=127.0.0.1:9000\", \"samples=127.0.0.1:9001#spiffe://t/samples\"]\naccess-log = true\nworkers = 3\n",
+        "upstream = \"http://127.0.0.1:7000\"\nrequest-timeout = \"500ms\"\nidle-timeout = \"5s\"\npeer = [\"orders=127.0.0.1:9000\", \"samples=127.0.0.1:9001#spiffe://t/samples\"]\naccess-log = true\nworkers = 3\n# An expected peer identity needs a trust bundle (and a trust bundle an identity).\ntls-cert = \"/etc/tracseq/me.pem\"\ntls-key = \"/etc/tracseq/me-key.pem\"\ntls-ca = \"/etc/tracseq/ca.pem\"\n",
     );
     let path = file.path().to_str().expect("utf-8 path");
 

@@ -122,9 +122,10 @@ async fn two_sidecars_one_trace(protocol: Protocol) {
         assert_eq!(c.span.name, "GET");
         assert_eq!(c.attr("http.request.method").as_deref(), Some("GET"));
         assert_eq!(c.attr("http.response.status_code").as_deref(), Some("200"));
+        // The query stays out of spans: it may carry tokens.
         assert!(c
             .attr("url.full")
-            .is_some_and(|u| u.ends_with("/api/samples/42?x=1")));
+            .is_some_and(|u| u.ends_with("/api/samples/42")));
     }
 }
 

@@ -375,10 +375,11 @@ pub(super) fn resolve(src: &Sources<'_>) -> Result<Config, ConfigError> {
         None if ca.is_some() => ClientAuth::Required,
         None => ClientAuth::None,
     };
-    if ca.is_some() && cert.is_none() && !outbound_only && client_auth != ClientAuth::None {
+    if ca.is_some() && cert.is_none() {
+        // A trust bundle with no identity would be silently unused: inbound needs a server
+        // certificate to check clients, outbound mTLS needs a client certificate to present.
         return Err(ConfigError(
-            "--tls-ca: client-certificate checks need a server identity (--tls-cert and --tls-key)"
-                .into(),
+            "--tls-ca: needs this sidecar's identity (--tls-cert and --tls-key) to be used".into(),
         ));
     }
     let min_version = val(src, "tls_min_version", |s| match s {
@@ -399,6 +400,14 @@ pub(super) fn resolve(src: &Sources<'_>) -> Result<Config, ConfigError> {
         let peer: Peer = p.parse().map_err(|e| peers_src.err(e))?;
         if peers.iter().any(|q| q.name == peer.name) {
             return Err(peers_src.err(format!("peer \"{}\" is given twice", peer.name)));
+        }
+        if peer.identity.is_some() && ca.is_none() {
+            // An expected identity that nothing verifies would be a silent plaintext call.
+            return Err(peers_src.err(format!(
+                "peer \"{}\" expects identity {} but there is no --tls-ca to verify it",
+                peer.name,
+                peer.identity.as_deref().unwrap_or("")
+            )));
         }
         peers.push(peer);
     }

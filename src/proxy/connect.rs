@@ -27,6 +27,9 @@ pub struct Connector {
     tls: Option<Arc<ClientTls>>,
     /// The identity the peer must present (`#IDENTITY` of `--peer`); else its DNS name.
     expected: Option<Arc<str>>,
+    /// Bound on the TLS handshake after TCP connected (`--connect-timeout` again): a peer
+    /// that accepts and then stalls is a TLS failure (502), not a 504 much later.
+    handshake_timeout: Duration,
 }
 
 impl Connector {
@@ -40,6 +43,7 @@ impl Connector {
             http,
             tls: None,
             expected: None,
+            handshake_timeout: connect_timeout,
         }
     }
 
@@ -151,6 +155,7 @@ impl tower::Service<Uri> for Connector {
         let expected = self.expected.clone();
         let fut = self.http.call(uri);
         let tls = self.tls.clone();
+        let handshake_timeout = self.handshake_timeout;
         Box::pin(async move {
             let tcp = fut.await?;
             let Some(tls) = tls else {
@@ -159,10 +164,19 @@ impl tower::Service<Uri> for Connector {
             let Some(host) = host else {
                 return Err(ProxyError::upstream(UpstreamFailure::Tls, "no peer host name").into());
             };
-            match tls.connect(expected, &host, tcp.into_inner()).await {
-                Ok(s) => Ok(UpstreamIo::Tls(Box::new(TokioIo::new(s)))),
+            let handshake = tls.connect(expected, &host, tcp.into_inner());
+            match tokio::time::timeout(handshake_timeout, handshake).await {
+                Ok(Ok(s)) => Ok(UpstreamIo::Tls(Box::new(TokioIo::new(s)))),
                 // Tagged here: the client error chain would hide rustls' error inside io::Error.
-                Err(e) => Err(ProxyError::upstream(UpstreamFailure::Tls, e).into()),
+                Ok(Err(e)) => Err(ProxyError::upstream(UpstreamFailure::Tls, e).into()),
+                Err(_) => {
+                    tls.handshake_timed_out();
+                    Err(ProxyError::upstream(
+                        UpstreamFailure::Tls,
+                        "TLS handshake with the peer timed out (--connect-timeout)",
+                    )
+                    .into())
+                }
             }
         })
     }

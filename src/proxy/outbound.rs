@@ -102,7 +102,9 @@ impl Resolver {
                         label,
                         authority,
                         port: p.port,
-                        identity: p.identity.as_deref().map(Arc::from),
+                        // Without `#IDENTITY` the peer must present its service name (what
+                        // `certs init` puts in the DNS SAN), not the host it runs on.
+                        identity: Some(Arc::from(p.identity.as_deref().unwrap_or(&p.name))),
                     },
                 ))
             })

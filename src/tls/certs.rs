@@ -36,8 +36,8 @@ impl std::fmt::Debug for DevCa {
     }
 }
 
-/// A certificate and its private key, PEM.
-#[derive(Debug, Clone)]
+/// A certificate and its private key, PEM. `Debug` never shows the key.
+#[derive(Clone)]
 pub struct IssuedCert {
     pub cert_pem: String,
     pub key_pem: String,
@@ -336,4 +336,13 @@ pub fn inspect(file: &Path) -> anyhow::Result<String> {
         out.push('\n');
     }
     Ok(out)
+}
+
+impl std::fmt::Debug for IssuedCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedCert")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
 }

@@ -108,6 +108,11 @@ impl ClientTls {
 
     /// Handshake over `tcp` with the peer at `host`, which must present `expected` (else
     /// its DNS name).
+    /// Count a handshake abandoned at the connect deadline.
+    pub fn handshake_timed_out(&self) {
+        self.metrics.handshake(Direction::Outbound, "timeout");
+    }
+
     pub async fn connect(
         &self,
         expected: Option<Arc<str>>,

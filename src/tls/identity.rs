@@ -106,6 +106,7 @@ pub fn load(paths: &Paths) -> Result<Loaded, LoadError> {
             (Some(Arc::new(store)), earliest)
         }
     };
+    check_own_cert(&certified, roots.as_ref(), paths)?;
     Ok(Loaded {
         certified: Arc::new(certified),
         roots,
@@ -113,6 +114,57 @@ pub fn load(paths: &Paths) -> Result<Loaded, LoadError> {
         cert_not_after,
         ca_not_after,
     })
+}
+
+/// Refuse an identity that peers would refuse: outside its validity period, or not issued by
+/// the trust bundle (checked as the client certificate it also is). At start-up this stops
+/// the process with exit 2; on reload it keeps the previous identity, so one bad secret
+/// update cannot take a sidecar out of the mesh while `/ready` says 200.
+fn check_own_cert(
+    certified: &CertifiedKey,
+    roots: Option<&Arc<RootCertStore>>,
+    paths: &Paths,
+) -> Result<(), LoadError> {
+    let leaf = &certified.cert[0];
+    if let Ok((_, x)) = x509_parser::parse_x509_certificate(leaf) {
+        let now = x509_parser::time::ASN1Time::now();
+        let v = x.validity();
+        if now < v.not_before {
+            return Err(err(
+                "--tls-cert",
+                &paths.cert,
+                format!("not valid before {}", v.not_before),
+            ));
+        }
+        if now > v.not_after {
+            return Err(err(
+                "--tls-cert",
+                &paths.cert,
+                format!("expired at {}", v.not_after),
+            ));
+        }
+    }
+    if let (Some(roots), Some(ca)) = (roots, &paths.ca) {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider)
+                .build()
+                .map_err(|e| err("--tls-ca", ca, format!("unusable trust bundle: {e}")))?;
+        verifier
+            .verify_client_cert(
+                leaf,
+                &certified.cert[1..],
+                rustls::pki_types::UnixTime::now(),
+            )
+            .map_err(|e| {
+                err(
+                    "--tls-cert",
+                    &paths.cert,
+                    format!("not accepted by the CA in {}: {e}", ca.display()),
+                )
+            })?;
+    }
+    Ok(())
 }
 
 fn not_after(der: &CertificateDer<'_>) -> Option<i64> {

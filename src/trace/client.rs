@@ -51,7 +51,17 @@ impl ClientSpan {
                 dest.authority.host().to_string(),
             ));
             attrs.push(KeyValue::new("server.port", i64::from(dest.port)));
-            attrs.push(KeyValue::new("url.full", req.uri().to_string()));
+            // The query is left out: it may carry tokens, and spans leave the machine.
+            let uri = req.uri();
+            attrs.push(KeyValue::new(
+                "url.full",
+                format!(
+                    "{}://{}{}",
+                    uri.scheme_str().unwrap_or("http"),
+                    uri.authority().map_or("", |a| a.as_str()),
+                    uri.path()
+                ),
+            ));
             attrs.push(KeyValue::new(
                 "network.protocol.version",
                 Protocol::from_version(req.version()).as_str(),

@@ -21,6 +21,7 @@ use tracseq_proxy::app::{self, Running};
 use tracseq_proxy::config::Config;
 
 pub use metrics::Metrics;
+#[allow(unused_imports)] // not every test binary starts an upstream
 pub use upstream::Upstream;
 
 /// Upper bound for any single wait in tests.
