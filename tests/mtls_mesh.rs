@@ -168,3 +168,67 @@ async fn caller_identity_reaches_the_callee_and_wrong_peers_are_refused() {
     assert!(caller.shutdown().await);
     assert!(callee.shutdown().await);
 }
+
+/// A WebSocket crosses the mesh: sidecars normally speak HTTP/2 to each other, which cannot
+/// carry an `Upgrade`, so upgrade requests get an HTTP/1.1-only mTLS connection.
+#[tokio::test]
+async fn websocket_crosses_the_mtls_mesh() {
+    use support::raw::{connect, header_of, read_head, status_of};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let pki = Pki::new();
+    let callee_app = Upstream::start().await;
+    let mut cfg = config(callee_app.addr);
+    with_tls(&mut cfg, &pki.service("callee"));
+    let callee = start(cfg).await;
+    let caller_app = Upstream::start().await;
+    let mut cfg = config(caller_app.addr);
+    with_tls(&mut cfg, &pki.service("caller"));
+    cfg.peers = vec![peer(
+        "callee",
+        callee.inbound.expect("inbound").port(),
+        "spiffe://tracseq.local/callee",
+    )];
+    let caller = start(cfg).await;
+
+    // A normal request first, so an HTTP/2 connection to the peer already exists.
+    let ok = send(
+        &h1_client(),
+        Request::get(format!("http://{}/x", caller.outbound_addr()))
+            .header("host", "callee")
+            .body(Full::new(Bytes::new()))
+            .expect("request"),
+    )
+    .await
+    .expect("response");
+    assert_eq!(ok.status, 200);
+
+    let mut s = connect(caller.outbound_addr()).await;
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: callee\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .await
+        .expect("write");
+    let (head, _) = read_head(&mut s).await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    assert!(header_of(&head, "upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")));
+    for msg in [&b"over mTLS"[..], b"and back"] {
+        s.write_all(msg).await.expect("write");
+        let mut buf = vec![0u8; msg.len()];
+        tokio::time::timeout(WAIT, s.read_exact(&mut buf))
+            .await
+            .expect("echo in time")
+            .expect("echo");
+        assert_eq!(buf, msg);
+    }
+    // The callee's app saw the caller's identity on the upgrade request too.
+    let ws = callee_app
+        .requests()
+        .into_iter()
+        .find(|r| r.uri.path() == "/ws")
+        .expect("the upgrade reached the callee's app");
+    let xfcc = ws
+        .headers
+        .get("x-forwarded-client-cert")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    assert!(xfcc.contains("URI=spiffe://tracseq.local/caller"), "{xfcc}");
+}

@@ -30,6 +30,8 @@ pub struct Connector {
     /// Bound on the TLS handshake after TCP connected (`--connect-timeout` again): a peer
     /// that accepts and then stalls is a TLS failure (502), not a 504 much later.
     handshake_timeout: Duration,
+    /// Offer only `http/1.1` in ALPN (connections that will carry an upgrade).
+    h1_only: bool,
 }
 
 impl Connector {
@@ -44,6 +46,7 @@ impl Connector {
             tls: None,
             expected: None,
             handshake_timeout: connect_timeout,
+            h1_only: false,
         }
     }
 
@@ -56,6 +59,13 @@ impl Connector {
     /// The same connector, for a peer that must present `identity`.
     pub fn expecting(mut self, identity: Arc<str>) -> Self {
         self.expected = Some(identity);
+        self
+    }
+
+    /// The same connector, offering only HTTP/1.1 to TLS peers: an `Upgrade` (WebSocket)
+    /// cannot cross an HTTP/2 connection.
+    pub fn http1_only(mut self) -> Self {
+        self.h1_only = true;
         self
     }
 
@@ -156,6 +166,7 @@ impl tower::Service<Uri> for Connector {
         let fut = self.http.call(uri);
         let tls = self.tls.clone();
         let handshake_timeout = self.handshake_timeout;
+        let h1_only = self.h1_only;
         Box::pin(async move {
             let tcp = fut.await?;
             let Some(tls) = tls else {
@@ -164,7 +175,7 @@ impl tower::Service<Uri> for Connector {
             let Some(host) = host else {
                 return Err(ProxyError::upstream(UpstreamFailure::Tls, "no peer host name").into());
             };
-            let handshake = tls.connect(expected, &host, tcp.into_inner());
+            let handshake = tls.connect(expected, &host, tcp.into_inner(), h1_only);
             match tokio::time::timeout(handshake_timeout, handshake).await {
                 Ok(Ok(s)) => Ok(UpstreamIo::Tls(Box::new(TokioIo::new(s)))),
                 // Tagged here: the client error chain would hide rustls' error inside io::Error.

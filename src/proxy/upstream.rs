@@ -62,6 +62,8 @@ struct Inner {
     /// the pool key is only the authority, and two names for one address that expect
     /// different identities must never share a connection.
     by_identity: RwLock<HashMap<Arc<str>, Client<Connector, Body>>>,
+    /// Upgrade requests to TLS peers: HTTP/1.1-only connections per expected identity.
+    upgrades: RwLock<HashMap<Arc<str>, Client<Connector, Body>>>,
     auto_builder: hyper_util::client::legacy::Builder,
     connector: Connector,
     h2: Client<Connector, Body>,
@@ -104,6 +106,7 @@ impl Forward {
                 alpn,
                 h1,
                 by_identity: RwLock::new(HashMap::new()),
+                upgrades: RwLock::new(HashMap::new()),
                 auto_builder,
                 connector,
                 h2,
@@ -124,20 +127,25 @@ impl Forward {
 
 impl Inner {
     /// The pooled client for a TLS peer expected to present `identity`.
-    fn for_identity(&self, identity: &Arc<str>) -> Client<Connector, Body> {
-        if let Some(c) = self
-            .by_identity
-            .read()
-            .ok()
-            .and_then(|m| m.get(identity).cloned())
-        {
+    fn for_identity(&self, identity: &Arc<str>, upgrade: bool) -> Client<Connector, Body> {
+        let map = if upgrade {
+            &self.upgrades
+        } else {
+            &self.by_identity
+        };
+        if let Some(c) = map.read().ok().and_then(|m| m.get(identity).cloned()) {
             return c;
         }
-        let client = self
-            .auto_builder
-            .build(self.connector.clone().expecting(identity.clone()));
-        if let Ok(mut m) = self.by_identity.write() {
-            return m.entry(identity.clone()).or_insert(client).clone();
+        let mut connector = self.connector.clone().expecting(identity.clone());
+        if upgrade {
+            connector = connector.http1_only();
+        }
+        let client = self.auto_builder.build(connector);
+        if let Ok(mut m) = map.write() {
+            // Bounded: identities come from the peer table, names are interned (256).
+            if m.len() < 1024 || m.contains_key(identity) {
+                return m.entry(identity.clone()).or_insert(client).clone();
+            }
         }
         client
     }
@@ -199,7 +207,12 @@ impl tower::Service<Request<Body>> for Forward {
                 *req.version_mut() = Version::HTTP_11;
                 match &dest.identity {
                     Some(id) if inner.alpn => {
-                        peer_client = inner.for_identity(id);
+                        peer_client = inner.for_identity(id, upgrade.is_some());
+                        &peer_client
+                    }
+                    None if inner.alpn && upgrade.is_some() => {
+                        let host: Arc<str> = Arc::from(dest.authority.host());
+                        peer_client = inner.for_identity(&host, true);
                         &peer_client
                     }
                     _ => &inner.h1,

@@ -34,6 +34,8 @@ struct State {
     certified: Arc<CertifiedKey>,
     roots: Arc<RootCertStore>,
     by_identity: Mutex<HashMap<Arc<str>, Arc<ClientConfig>>>,
+    /// The same, offering only `http/1.1`: for upgrades (WebSocket), which HTTP/2 cannot carry.
+    by_identity_h1: Mutex<HashMap<Arc<str>, Arc<ClientConfig>>>,
 }
 
 /// This sidecar's client side towards peers.
@@ -76,14 +78,18 @@ impl ClientTls {
         }
     }
 
-    fn config_for(&self, expected: &Arc<str>) -> Result<Arc<ClientConfig>, rustls::Error> {
+    fn config_for(
+        &self,
+        expected: &Arc<str>,
+        h1_only: bool,
+    ) -> Result<Arc<ClientConfig>, rustls::Error> {
         let state = self.current();
-        if let Some(c) = state
-            .by_identity
-            .lock()
-            .ok()
-            .and_then(|m| m.get(expected).cloned())
-        {
+        let cache = if h1_only {
+            &state.by_identity_h1
+        } else {
+            &state.by_identity
+        };
+        if let Some(c) = cache.lock().ok().and_then(|m| m.get(expected).cloned()) {
             return Ok(c);
         }
         let verifier = PeerVerifier {
@@ -96,9 +102,13 @@ impl ClientTls {
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(verifier))
                 .with_client_cert_resolver(Arc::new(Present(state.certified.clone())));
-        config.alpn_protocols = super::server::ALPN.iter().map(|p| p.to_vec()).collect();
+        config.alpn_protocols = if h1_only {
+            vec![b"http/1.1".to_vec()]
+        } else {
+            super::server::ALPN.iter().map(|p| p.to_vec()).collect()
+        };
         let config = Arc::new(config);
-        if let Ok(mut m) = state.by_identity.lock() {
+        if let Ok(mut m) = cache.lock() {
             if m.len() < MAX_CACHED {
                 m.insert(expected.clone(), config.clone());
             }
@@ -118,10 +128,13 @@ impl ClientTls {
         expected: Option<Arc<str>>,
         host: &str,
         tcp: TcpStream,
+        h1_only: bool,
     ) -> io::Result<TlsStream<TcpStream>> {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let expected = expected.unwrap_or_else(|| Arc::from(host));
-        let config = self.config_for(&expected).map_err(io::Error::other)?;
+        let config = self
+            .config_for(&expected, h1_only)
+            .map_err(io::Error::other)?;
         let name = ServerName::try_from(host.to_string())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         match TlsConnector::from(config).connect(name, tcp).await {
@@ -143,6 +156,7 @@ fn state(loaded: &Loaded) -> Option<State> {
         certified: loaded.certified.clone(),
         roots: loaded.roots.clone()?,
         by_identity: Mutex::new(HashMap::new()),
+        by_identity_h1: Mutex::new(HashMap::new()),
     })
 }
 
