@@ -225,6 +225,10 @@ fn configure(
 ) -> anyhow::Result<()> {
     cfg.service_name = Some(name.to_string());
     cfg.drain_timeout = DRAIN;
+    // The demo apps fail at random (up to 8%); 10 consecutive failures (about 1e-11) keep the
+    // breaker a real policy without it opening by chance and skewing the summary, whose
+    // per-service rows must agree with the traffic sent.
+    cfg.breaker_failures = 10;
     for callee in callees {
         let addr = inbound.get(callee).context("callee started first")?;
         // With mTLS the peer must present the callee's SPIFFE identity (the address is
