@@ -111,8 +111,10 @@ fn http_traces_url(endpoint: &str) -> String {
 }
 
 /// `service.name`: `--service-name`, else `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES`
-/// (read by the SDK's detectors, which also add the other resource attributes), else
-/// `unknown_service` (CONTRACT.md; the SDK would say `unknown_service:<exe>`).
+/// (read by the SDK's detectors, which also add the other resource attributes), else the
+/// service named by the certificate's identity (the last segment of its SPIFFE URI, or its
+/// DNS name), else `unknown_service` (CONTRACT.md; the SDK would say
+/// `unknown_service:<exe>`).
 fn resource(cfg: &Config) -> Resource {
     let key = opentelemetry::Key::from_static_str("service.name");
     let mut builder = Resource::builder();
@@ -124,14 +126,42 @@ fn resource(cfg: &Config) -> Resource {
             .get(&key)
             .is_none_or(|v| v.as_str().starts_with("unknown_service"));
         if unknown {
-            builder = builder.with_service_name("unknown_service");
+            let from_cert = cfg
+                .tls
+                .cert
+                .as_deref()
+                .and_then(crate::tls::identity::identity_of_file)
+                .map(|id| service_of_identity(&id));
+            builder =
+                builder.with_service_name(from_cert.unwrap_or_else(|| "unknown_service".into()));
         }
     }
     builder.build()
 }
 
+/// `spiffe://tracseq.local/orders` → `orders`; a DNS identity stays as it is.
+fn service_of_identity(id: &str) -> String {
+    match id.strip_prefix("spiffe://") {
+        Some(rest) => rest.rsplit('/').next().unwrap_or(rest).to_string(),
+        None => id.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn service_name_from_identity() {
+        assert_eq!(
+            super::service_of_identity("spiffe://tracseq.local/orders"),
+            "orders"
+        );
+        assert_eq!(
+            super::service_of_identity("spiffe://td/ns/prod/sa/orders"),
+            "orders"
+        );
+        assert_eq!(super::service_of_identity("orders.svc"), "orders.svc");
+    }
+
     #[test]
     fn http_endpoint_gets_the_traces_path() {
         assert_eq!(
