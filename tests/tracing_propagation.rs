@@ -73,7 +73,10 @@ async fn b3_in_w3c_out() {
     let b3 = format!("{b3_trace}-e457b5a2e4d86bd1-1");
     send(
         &client,
-        get_with(&proxy.inbound_url("/single"), &[("b3", &b3)]),
+        get_with(
+            &proxy.inbound_url("/single"),
+            &[("b3", &b3), ("tracestate", "vendor=orphan")],
+        ),
     )
     .await
     .expect("response");
@@ -81,6 +84,10 @@ async fn b3_in_w3c_out() {
     let (trace, _, flags) = traceparent_of(&seen);
     assert_eq!((trace.as_str(), flags.as_str()), (b3_trace, "01"));
     assert!(seen.headers.get("b3").is_none(), "W3C is what goes out");
+    assert!(
+        seen.headers.get("tracestate").is_none(),
+        "a tracestate without a valid traceparent does not travel on"
+    );
 
     send(
         &client,

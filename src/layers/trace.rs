@@ -86,7 +86,13 @@ fn server_ids(tracer: &Tracer, headers: &mut http::HeaderMap) -> (TraceIds, Opti
             None,
         )
     };
-    match propagation::extract(headers, tracer.accept_b3()) {
+    let extracted = propagation::extract(headers, tracer.accept_b3());
+    if !matches!(extracted, Extracted::W3c(_)) {
+        // `tracestate` belongs to a valid `traceparent` only: with none (or a B3 parent) it
+        // describes no trace we continue, so it does not travel on.
+        headers.remove(propagation::TRACESTATE);
+    }
+    match extracted {
         Extracted::W3c(p) | Extracted::B3(p) => {
             if tracer.accept_b3() {
                 propagation::remove_b3(headers);
