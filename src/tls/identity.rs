@@ -235,7 +235,11 @@ pub fn xfcc(der: &[u8]) -> Option<HeaderValue> {
                 .all(|b| b.is_ascii_graphic() && !b"\",;=".contains(&b))
     };
     let mut v = format!("Hash={}", sha256_hex(der));
-    if let Some(u) = uris.iter().find(|u| safe(u)) {
+    // `URI=` names exactly the identity authz checked (`identity_of`: the first SPIFFE URI);
+    // a value that cannot be written safely is left out rather than replaced by another SAN,
+    // so the app is never told about a different principal.
+    let uri = uris.iter().find(|u| u.starts_with("spiffe://"));
+    if let Some(u) = uri.filter(|u| safe(u)) {
         v.push_str(";URI=");
         v.push_str(u);
     }

@@ -124,9 +124,15 @@ impl Reloader {
         Ok(tokio::spawn(async move {
             let _watcher = watcher;
             while rx.recv().await.is_some() {
-                // Let the writer finish, then coalesce the burst of events into one reload.
-                tokio::time::sleep(SETTLE).await;
-                while rx.try_recv().is_ok() {}
+                // Let the writer finish: reload once the files have been quiet for SETTLE
+                // (trailing edge), so a cert and a key written apart are read together.
+                loop {
+                    match tokio::time::timeout(SETTLE, rx.recv()).await {
+                        Ok(Some(_)) => continue,
+                        Ok(None) => return,
+                        Err(_) => break,
+                    }
+                }
                 let this = self.clone();
                 let _ = tokio::task::spawn_blocking(move || this.reload()).await;
             }
