@@ -27,6 +27,8 @@ pub struct Connector {
     tls: Option<Arc<ClientTls>>,
     /// The identity the peer must present (`#IDENTITY` of `--peer`); else its DNS name.
     expected: Option<Arc<str>>,
+    /// Offer h2 in ALPN to TLS peers (else HTTP/1.1 only).
+    h2: bool,
 }
 
 impl Connector {
@@ -40,6 +42,7 @@ impl Connector {
             http,
             tls: None,
             expected: None,
+            h2: true,
         }
     }
 
@@ -52,6 +55,12 @@ impl Connector {
     /// The same connector, for a peer that must present `identity`.
     pub fn expecting(mut self, identity: Arc<str>) -> Self {
         self.expected = Some(identity);
+        self
+    }
+
+    /// The same connector, offering only HTTP/1.1 to TLS peers.
+    pub fn http1_only(mut self) -> Self {
+        self.h2 = false;
         self
     }
 
@@ -151,6 +160,7 @@ impl tower::Service<Uri> for Connector {
         let expected = self.expected.clone();
         let fut = self.http.call(uri);
         let tls = self.tls.clone();
+        let h2 = self.h2;
         Box::pin(async move {
             let tcp = fut.await?;
             let Some(tls) = tls else {
@@ -159,7 +169,7 @@ impl tower::Service<Uri> for Connector {
             let Some(host) = host else {
                 return Err(ProxyError::upstream(UpstreamFailure::Tls, "no peer host name").into());
             };
-            match tls.connect(expected, &host, tcp.into_inner()).await {
+            match tls.connect(expected, &host, tcp.into_inner(), h2).await {
                 Ok(s) => Ok(UpstreamIo::Tls(Box::new(TokioIo::new(s)))),
                 // Tagged here: the client error chain would hide rustls' error inside io::Error.
                 Err(e) => Err(ProxyError::upstream(UpstreamFailure::Tls, e).into()),

@@ -57,10 +57,13 @@ struct Inner {
     /// connection that negotiated h2 is shared by all requests, whatever their version).
     alpn: bool,
     h1: Client<Connector, Body>,
+    /// HTTP/1 callers to TLS peers: ALPN offers only HTTP/1.1 (the caller's version).
+    h1_tls: Client<Connector, Body>,
     /// With mTLS, one pool per expected peer identity (from the `--peer` table, so bounded):
     /// the pool key is only the authority, and two names for one address that expect
     /// different identities must never share a connection.
-    by_identity: RwLock<HashMap<Arc<str>, Client<Connector, Body>>>,
+    /// Keyed by identity and whether h2 is offered (the caller spoke HTTP/2).
+    by_identity: RwLock<HashMap<(Arc<str>, bool), Client<Connector, Body>>>,
     auto_builder: hyper_util::client::legacy::Builder,
     connector: Connector,
     h2: Client<Connector, Body>,
@@ -81,6 +84,7 @@ impl Forward {
             .timer(TokioTimer::new());
         let alpn = connector.is_tls();
         let h1 = b.build(connector.clone());
+        let h1_tls = b.build(connector.clone().http1_only());
         let auto_builder = b.clone();
         let mut b2 = Client::builder(TokioExecutor::new());
         b2.pool_idle_timeout(POOL_IDLE_TIMEOUT)
@@ -97,6 +101,7 @@ impl Forward {
                 h2_policy,
                 alpn,
                 h1,
+                h1_tls,
                 by_identity: RwLock::new(HashMap::new()),
                 auto_builder,
                 connector,
@@ -109,20 +114,24 @@ impl Forward {
 
 impl Inner {
     /// The pooled client for a TLS peer expected to present `identity`.
-    fn for_identity(&self, identity: &Arc<str>) -> Client<Connector, Body> {
+    fn for_identity(&self, identity: &Arc<str>, h2: bool) -> Client<Connector, Body> {
+        let key = (identity.clone(), h2);
         if let Some(c) = self
             .by_identity
             .read()
             .ok()
-            .and_then(|m| m.get(identity).cloned())
+            .and_then(|m| m.get(&key).cloned())
         {
             return c;
         }
-        let client = self
-            .auto_builder
-            .build(self.connector.clone().expecting(identity.clone()));
+        let connector = self.connector.clone().expecting(identity.clone());
+        let client = self.auto_builder.build(if h2 {
+            connector
+        } else {
+            connector.http1_only()
+        });
         if let Ok(mut m) = self.by_identity.write() {
-            return m.entry(identity.clone()).or_insert(client).clone();
+            return m.entry(key).or_insert(client).clone();
         }
         client
     }
@@ -168,6 +177,7 @@ impl tower::Service<Request<Body>> for Forward {
             *req.uri_mut() = Uri::from_parts(parts)
                 .map_err(|e| ProxyError::new(crate::error::ErrorKind::BadRequest).with_source(e))?;
             let method = Method::from_http(req.method());
+            let h2_caller = req.version() == Version::HTTP_2;
             let use_h2 = !inner.alpn
                 && req.version() == Version::HTTP_2
                 && match inner.h2_policy {
@@ -184,9 +194,10 @@ impl tower::Service<Request<Body>> for Forward {
                 *req.version_mut() = Version::HTTP_11;
                 match &dest.identity {
                     Some(id) if inner.alpn => {
-                        peer_client = inner.for_identity(id);
+                        peer_client = inner.for_identity(id, h2_caller);
                         &peer_client
                     }
+                    _ if inner.alpn && !h2_caller => &inner.h1_tls,
                     _ => &inner.h1,
                 }
             };

@@ -33,7 +33,8 @@ const MAX_CACHED: usize = 1024;
 struct State {
     certified: Arc<CertifiedKey>,
     roots: Arc<RootCertStore>,
-    by_identity: Mutex<HashMap<Arc<str>, Arc<ClientConfig>>>,
+    /// Keyed by expected identity and whether h2 is offered in ALPN.
+    by_identity: Mutex<HashMap<(Arc<str>, bool), Arc<ClientConfig>>>,
 }
 
 /// This sidecar's client side towards peers.
@@ -76,13 +77,17 @@ impl ClientTls {
         }
     }
 
-    fn config_for(&self, expected: &Arc<str>) -> Result<Arc<ClientConfig>, rustls::Error> {
+    fn config_for(
+        &self,
+        expected: &Arc<str>,
+        h2: bool,
+    ) -> Result<Arc<ClientConfig>, rustls::Error> {
         let state = self.current();
         if let Some(c) = state
             .by_identity
             .lock()
             .ok()
-            .and_then(|m| m.get(expected).cloned())
+            .and_then(|m| m.get(&(expected.clone(), h2)).cloned())
         {
             return Ok(c);
         }
@@ -96,27 +101,36 @@ impl ClientTls {
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(verifier))
                 .with_client_cert_resolver(Arc::new(Present(state.certified.clone())));
-        config.alpn_protocols = super::server::ALPN.iter().map(|p| p.to_vec()).collect();
+        // HTTP/1 callers get HTTP/1.1 to the peer too (ALPN without h2): on a sidecar hop
+        // one h1 connection per in-flight request costs less CPU than h2's framing, HPACK and
+        // the task hand-offs of a shared connection (docs/BENCHMARKS.md).
+        let alpn: &[&[u8]] = if h2 {
+            &super::server::ALPN
+        } else {
+            &super::server::ALPN[1..]
+        };
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let config = Arc::new(config);
         if let Ok(mut m) = state.by_identity.lock() {
             if m.len() < MAX_CACHED {
-                m.insert(expected.clone(), config.clone());
+                m.insert((expected.clone(), h2), config.clone());
             }
         }
         Ok(config)
     }
 
     /// Handshake over `tcp` with the peer at `host`, which must present `expected` (else
-    /// its DNS name).
+    /// its DNS name). `h2`: offer HTTP/2 in ALPN (else HTTP/1.1 only).
     pub async fn connect(
         &self,
         expected: Option<Arc<str>>,
         host: &str,
         tcp: TcpStream,
+        h2: bool,
     ) -> io::Result<TlsStream<TcpStream>> {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let expected = expected.unwrap_or_else(|| Arc::from(host));
-        let config = self.config_for(&expected).map_err(io::Error::other)?;
+        let config = self.config_for(&expected, h2).map_err(io::Error::other)?;
         let name = ServerName::try_from(host.to_string())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         match TlsConnector::from(config).connect(name, tcp).await {
