@@ -118,7 +118,10 @@ async fn caller_identity_reaches_the_callee_and_wrong_peers_are_refused() {
     assert_eq!(
         cm.sum(
             "http_server_request_duration_seconds_count",
-            &[("direction", "inbound"), ("network_protocol_version", "1.1")]
+            &[
+                ("direction", "inbound"),
+                ("network_protocol_version", "1.1")
+            ]
         ),
         3.0
     );

@@ -142,10 +142,12 @@ const METHODS: usize = Method::Other as usize + 1;
 impl Shared {
     fn active(&self, method: Method) -> &Gauge {
         self.active[method as usize].get_or_init(|| {
-            self.metrics.server_active.get_or_create_owned(&ActiveLabels {
-                direction: self.direction,
-                method,
-            })
+            self.metrics
+                .server_active
+                .get_or_create_owned(&ActiveLabels {
+                    direction: self.direction,
+                    method,
+                })
         })
     }
 }

@@ -45,6 +45,9 @@ fn is_grpc(headers: &http::HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
+/// An expected peer identity, and whether h2 is offered in ALPN.
+type PeerKey = (Arc<str>, bool);
+
 #[derive(Clone)]
 pub struct Forward {
     inner: Arc<Inner>,
@@ -61,9 +64,9 @@ struct Inner {
     h1_tls: Client<Connector, Body>,
     /// With mTLS, one pool per expected peer identity (from the `--peer` table, so bounded):
     /// the pool key is only the authority, and two names for one address that expect
-    /// different identities must never share a connection.
-    /// Keyed by identity and whether h2 is offered (the caller spoke HTTP/2).
-    by_identity: RwLock<HashMap<(Arc<str>, bool), Client<Connector, Body>>>,
+    /// different identities must never share a connection. Keyed by identity and whether h2
+    /// is offered (the caller spoke HTTP/2).
+    by_identity: RwLock<HashMap<PeerKey, Client<Connector, Body>>>,
     auto_builder: hyper_util::client::legacy::Builder,
     connector: Connector,
     h2: Client<Connector, Body>,

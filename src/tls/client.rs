@@ -30,11 +30,14 @@ use crate::proxy::Direction;
 /// Cached configs (one per expected identity); beyond this, configs are built per handshake.
 const MAX_CACHED: usize = 1024;
 
+/// An expected peer identity, and whether h2 is offered in ALPN.
+type PeerKey = (Arc<str>, bool);
+
 struct State {
     certified: Arc<CertifiedKey>,
     roots: Arc<RootCertStore>,
     /// Keyed by expected identity and whether h2 is offered in ALPN.
-    by_identity: Mutex<HashMap<(Arc<str>, bool), Arc<ClientConfig>>>,
+    by_identity: Mutex<HashMap<PeerKey, Arc<ClientConfig>>>,
 }
 
 /// This sidecar's client side towards peers.
