@@ -1,7 +1,7 @@
-//! The mesh hop: caller → outbound sidecar → mTLS (HTTP/2 via ALPN, pooled) → inbound sidecar
-//! → upstream, over keep-alive connections, against the same request sent straight to the
-//! upstream. The difference is what two sidecars and one mTLS hop add to a request; the
-//! handshake is paid once and amortised by connection reuse, as in production.
+//! The mesh hop: caller → outbound sidecar → mTLS (HTTP/1.1 like the caller, pooled) →
+//! inbound sidecar → upstream, over keep-alive connections, against the same request sent
+//! straight to the upstream. The difference is what two sidecars and one mTLS hop add to a
+//! request; the handshake is paid once and amortised by connection reuse, as in production.
 //! Run: `cargo bench --bench mesh`.
 
 #[path = "../tests/support/mod.rs"]

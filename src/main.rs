@@ -67,9 +67,18 @@ fn run(cfg: config::Config) -> ExitCode {
     }
 }
 
+/// `--workers 1` gets the current-thread scheduler: no work-stealing queues, no cross-thread
+/// wake-ups, no idle worker parking — measured cheaper per request than a one-worker
+/// multi-thread runtime (docs/BENCHMARKS.md). More workers get the multi-thread scheduler.
 fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+    let mut builder = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder
         .enable_all()
         .thread_name("tracseq-proxy")
         .build()

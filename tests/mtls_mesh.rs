@@ -1,7 +1,7 @@
 //! Two sidecars in one test: caller app → caller's outbound listener → mTLS → callee's inbound
 //! listener → callee app. The callee app learns the caller's SPIFFE identity from
-//! `x-forwarded-client-cert`, never from what the caller wrote; sidecars reuse one HTTP/2
-//! connection; a peer presenting the wrong identity gets no request (502, counted).
+//! `x-forwarded-client-cert`, never from what the caller wrote; sidecars reuse one connection
+//! and speak the caller's HTTP version (HTTP/1.1 for HTTP/1 callers, HTTP/2 via ALPN for h2); a peer presenting the wrong identity gets no request (502, counted).
 
 mod support;
 
@@ -99,7 +99,7 @@ async fn caller_identity_reaches_the_callee_and_wrong_peers_are_refused() {
     );
     assert_eq!(seen.headers["x-forwarded-proto"], "https");
 
-    // One mTLS connection, HTTP/2 (ALPN), reused by all three requests.
+    // One mTLS connection, HTTP/1.1 like the caller (ALPN), reused by all three requests.
     let cm = callee.metrics().await;
     assert_eq!(
         cm.sum(
@@ -118,9 +118,51 @@ async fn caller_identity_reaches_the_callee_and_wrong_peers_are_refused() {
     assert_eq!(
         cm.sum(
             "http_server_request_duration_seconds_count",
-            &[("direction", "inbound"), ("network_protocol_version", "2")]
+            &[
+                ("direction", "inbound"),
+                ("network_protocol_version", "1.1")
+            ]
         ),
         3.0
+    );
+
+    // An HTTP/2 caller gets HTTP/2 between the sidecars (ALPN h2), on a second connection.
+    // (h2c with `:authority` naming the service.)
+    let tcp = tokio::net::TcpStream::connect(out).await.expect("connect");
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    let resp = tokio::time::timeout(
+        WAIT,
+        h2.send_request(
+            Request::get("http://callee/api/samples/h2")
+                .body(Full::new(Bytes::new()))
+                .expect("request"),
+        ),
+    )
+    .await
+    .expect("in time")
+    .expect("response");
+    let resp = collect(resp).await.expect("body");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let cm = callee.metrics().await;
+    assert_eq!(
+        cm.sum(
+            "http_server_request_duration_seconds_count",
+            &[("direction", "inbound"), ("network_protocol_version", "2")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        cm.sum(
+            "tracseq_proxy_tls_handshakes_total",
+            &[("direction", "inbound"), ("result", "ok")]
+        ),
+        2.0
     );
 
     // The wrong identity: refused before any request is written.
@@ -163,7 +205,8 @@ async fn caller_identity_reaches_the_callee_and_wrong_peers_are_refused() {
             "tracseq_proxy_tls_handshakes_total",
             &[("direction", "outbound"), ("result", "ok")]
         ),
-        1.0
+        2.0,
+        "one connection for the HTTP/1.1 requests, one for the HTTP/2 one"
     );
     assert!(caller.shutdown().await);
     assert!(callee.shutdown().await);

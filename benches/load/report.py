@@ -48,6 +48,8 @@ def load(out, name):
         r["big_bytes"] = int(float(big[1]))
         r["big_status"] = big[2]
         r["big_rss_mib"] = meta["big_peak_rss_kb"] / 1024
+    each = [int(x) for x in meta.get("peak_rss_kb_each", "").split()]
+    r["rss_each_max_mib"] = max(each) / 1024 if each else 0.0
     return r
 
 
@@ -110,6 +112,30 @@ def svg_chart(results, path):
         f.write("\n".join(out) + "\n")
 
 
+def targets(results):
+    """The issue's targets, checked against this run (tracseq-proxy vs the better of the two)."""
+    t, n, h = (results.get((p, "mesh")) for p in ("tracseq", "nginx", "haproxy"))
+    d = results.get(("direct", "plain"))
+    if not (t and n and h and d):
+        return []
+    def ok(b):
+        return "met" if b else "**not met**"
+    out = ["## Targets (issue 7), this run", "", "| target | tracseq-proxy | nginx | HAProxy | result |", "|---|---:|---:|---:|---|"]
+    for key, name in (("p50", "mesh added latency p50 µs < both"), ("p99", "mesh added latency p99 µs < both")):
+        a = [r[key] - d[key] for r in (t, n, h)]
+        out.append(f"| {name} | {a[0]:.0f} | {a[1]:.0f} | {a[2]:.0f} | {ok(a[0] < a[1] and a[0] < a[2])} |")
+    best = min(n["cpu_per_1k"], h["cpu_per_1k"])
+    out.append(f"| mesh CPU s / 1k req ≤ 0.8 × the better ({0.8 * best:.3f}) | {t['cpu_per_1k']:.3f} | {n['cpu_per_1k']:.3f} | "
+               f"{h['cpu_per_1k']:.3f} | {ok(t['cpu_per_1k'] <= 0.8 * best)} ({t['cpu_per_1k'] / best:.2f}×) |")
+    best = min(n["rss_mib"], h["rss_mib"])
+    out.append(f"| peak RSS of both sidecars ≤ half the better pair ({best / 2:.1f} MiB) | {t['rss_mib']:.1f} | {n['rss_mib']:.1f} | "
+               f"{h['rss_mib']:.1f} | {ok(t['rss_mib'] <= best / 2)} ({t['rss_mib'] / best:.2f}×) |")
+    if "big_rss_mib" in t:
+        out.append(f"| 1 GiB streamed, each sidecar's peak RSS < 32 MiB | {t['rss_each_max_mib']:.1f} (largest) | | | "
+                   f"{ok(t['rss_each_max_mib'] < 32 and t.get('big_bytes') == 1 << 30)} |")
+    return out + [""]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
@@ -170,6 +196,7 @@ def main():
         for p, r in big:
             lines.append(f"| {LABEL[p]} | {r['big_mbps']:.0f} | {r['big_bytes']} | {r['big_status']} | {r['big_rss_mib']:.1f} |")
         lines.append("")
+    lines += targets(results)
     # Hand-written notes (profiles, before/after of optimisations) live below the marker and
     # survive regeneration.
     history = "<!-- history: kept across runs -->\n"

@@ -3,7 +3,7 @@
 //! included, and it settles a request when its response body ends (complete, cut or
 //! dropped), which is the OpenTelemetry definition of server duration.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -129,6 +129,27 @@ struct Shared {
     direction: Direction,
     routes: Arc<[RouteTemplate]>,
     access_log: bool,
+    /// Handles of this direction's series, looked up once instead of per request (a
+    /// `Family` lookup is a lock plus a SipHash of the labels). The in-flight gauge per
+    /// method is created on first use, so only methods seen get a series.
+    active: [OnceLock<Gauge>; METHODS],
+    overhead: Histogram,
+}
+
+/// Number of `Method` variants.
+const METHODS: usize = Method::Other as usize + 1;
+
+impl Shared {
+    fn active(&self, method: Method) -> &Gauge {
+        self.active[method as usize].get_or_init(|| {
+            self.metrics
+                .server_active
+                .get_or_create_owned(&ActiveLabels {
+                    direction: self.direction,
+                    method,
+                })
+        })
+    }
 }
 
 impl MetricsLayer {
@@ -138,12 +159,17 @@ impl MetricsLayer {
         routes: Arc<[RouteTemplate]>,
         access_log: bool,
     ) -> Self {
+        let overhead = metrics
+            .overhead
+            .get_or_create_owned(&DirectionLabel { direction });
         Self {
             shared: Arc::new(Shared {
                 metrics,
                 direction,
                 routes,
                 access_log,
+                active: std::array::from_fn(|_| OnceLock::new()),
+                overhead,
             }),
         }
     }
@@ -197,14 +223,7 @@ where
                 .find(|r| r.matches(path))
                 .map(|r| r.template)
         };
-        let active = shared
-            .metrics
-            .server_active
-            .get_or_create_owned(&ActiveLabels {
-                direction: shared.direction,
-                method,
-            });
-        active.inc();
+        shared.active(method).inc();
         let access = shared.access_log.then(|| AccessInfo {
             method: req.method().clone(),
             uri: req.uri().clone(),
@@ -234,7 +253,6 @@ where
                 route,
                 error_type: None,
             },
-            active,
             exemplar: None,
             trace: None,
             access,
@@ -278,14 +296,7 @@ where
             .is_some_and(|k| crate::classify::upstream_failure(*k).is_some());
         if !upstream_failed {
             let overhead = to_headers.saturating_sub(upstream.unwrap_or_default());
-            guard
-                .shared
-                .metrics
-                .overhead
-                .get_or_create(&DirectionLabel {
-                    direction: guard.shared.direction,
-                })
-                .observe(overhead.as_secs_f64());
+            guard.shared.overhead.observe(overhead.as_secs_f64());
         }
         let status = resp.status();
         if status == http::StatusCode::SWITCHING_PROTOCOLS {
@@ -328,7 +339,6 @@ pub struct RequestGuard {
     shared: Arc<Shared>,
     start: Instant,
     labels: ServerLabels,
-    active: Gauge,
     exemplar: Option<TraceExemplar>,
     /// Set by the trace layer; for the access log's `trace_id`/`span_id`.
     trace: Option<crate::trace::TraceIds>,
@@ -379,6 +389,6 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         // Cancelled before a response existed (client went away): no status to record, but the
         // request is no longer in flight.
-        self.active.dec();
+        self.shared.active(self.labels.method).dec();
     }
 }

@@ -30,8 +30,8 @@ pub struct Connector {
     /// Bound on the TLS handshake after TCP connected (`--connect-timeout` again): a peer
     /// that accepts and then stalls is a TLS failure (502), not a 504 much later.
     handshake_timeout: Duration,
-    /// Offer only `http/1.1` in ALPN (connections that will carry an upgrade).
-    h1_only: bool,
+    /// Offer h2 in ALPN to TLS peers (else HTTP/1.1 only).
+    h2: bool,
 }
 
 impl Connector {
@@ -46,7 +46,7 @@ impl Connector {
             tls: None,
             expected: None,
             handshake_timeout: connect_timeout,
-            h1_only: false,
+            h2: true,
         }
     }
 
@@ -62,10 +62,9 @@ impl Connector {
         self
     }
 
-    /// The same connector, offering only HTTP/1.1 to TLS peers: an `Upgrade` (WebSocket)
-    /// cannot cross an HTTP/2 connection.
+    /// The same connector, offering only HTTP/1.1 to TLS peers.
     pub fn http1_only(mut self) -> Self {
-        self.h1_only = true;
+        self.h2 = false;
         self
     }
 
@@ -166,7 +165,7 @@ impl tower::Service<Uri> for Connector {
         let fut = self.http.call(uri);
         let tls = self.tls.clone();
         let handshake_timeout = self.handshake_timeout;
-        let h1_only = self.h1_only;
+        let h2 = self.h2;
         Box::pin(async move {
             let tcp = fut.await?;
             let Some(tls) = tls else {
@@ -175,7 +174,7 @@ impl tower::Service<Uri> for Connector {
             let Some(host) = host else {
                 return Err(ProxyError::upstream(UpstreamFailure::Tls, "no peer host name").into());
             };
-            let handshake = tls.connect(expected, &host, tcp.into_inner(), h1_only);
+            let handshake = tls.connect(expected, &host, tcp.into_inner(), h2);
             match tokio::time::timeout(handshake_timeout, handshake).await {
                 Ok(Ok(s)) => Ok(UpstreamIo::Tls(Box::new(TokioIo::new(s)))),
                 // Tagged here: the client error chain would hide rustls' error inside io::Error.

@@ -121,16 +121,23 @@ fn new_request_id() -> HeaderValue {
     let bits: u128 = rand::random();
     // UUIDv4 layout: version nibble 4, variant bits 10.
     let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    let hex = format!("{bits:032x}");
-    let s = format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    );
-    HeaderValue::from_str(&s).expect("hex and dashes are a valid header value")
+    HeaderValue::from_bytes(&uuid_text(bits)).expect("hex and dashes are a valid header value")
+}
+
+/// `bits` as 8-4-4-4-12 lowercase hex digits, formatted on the stack: this runs for every
+/// request without an id, and `format!` cost two heap strings before the header's own copy.
+fn uuid_text(bits: u128) -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'-'; 36];
+    let mut nibble = 32;
+    for (i, b) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            continue;
+        }
+        nibble -= 1;
+        *b = HEX[((bits >> (nibble * 4)) & 0xf) as usize];
+    }
+    out
 }
 
 #[cfg(test)]
@@ -217,5 +224,16 @@ mod tests {
         assert_eq!(id.len(), 36);
         assert_eq!(&id.as_bytes()[14..15], b"4");
         assert_eq!(h[X_REQUEST_ID], id);
+        let bits = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210_u128;
+        let hex = format!("{bits:032x}");
+        let want = format!(
+            "{}-{}-{}-{}-{}",
+            &hex[0..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..32]
+        );
+        assert_eq!(&uuid_text(bits)[..], want.as_bytes());
     }
 }

@@ -46,6 +46,9 @@ fn is_grpc(headers: &http::HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
+/// An expected peer identity, and whether h2 is offered in ALPN.
+type PeerKey = (Arc<str>, bool);
+
 #[derive(Clone)]
 pub struct Forward {
     inner: Arc<Inner>,
@@ -58,12 +61,13 @@ struct Inner {
     /// connection that negotiated h2 is shared by all requests, whatever their version).
     alpn: bool,
     h1: Client<Connector, Body>,
+    /// HTTP/1 callers to TLS peers: ALPN offers only HTTP/1.1 (the caller's version).
+    h1_tls: Client<Connector, Body>,
     /// With mTLS, one pool per expected peer identity (from the `--peer` table, so bounded):
     /// the pool key is only the authority, and two names for one address that expect
-    /// different identities must never share a connection.
-    by_identity: RwLock<HashMap<Arc<str>, Client<Connector, Body>>>,
-    /// Upgrade requests to TLS peers: HTTP/1.1-only connections per expected identity.
-    upgrades: RwLock<HashMap<Arc<str>, Client<Connector, Body>>>,
+    /// different identities must never share a connection. Keyed by identity and whether h2
+    /// is offered (the caller spoke HTTP/2).
+    by_identity: RwLock<HashMap<PeerKey, Client<Connector, Body>>>,
     auto_builder: hyper_util::client::legacy::Builder,
     connector: Connector,
     h2: Client<Connector, Body>,
@@ -89,6 +93,7 @@ impl Forward {
             .timer(TokioTimer::new());
         let alpn = connector.is_tls();
         let h1 = b.build(connector.clone());
+        let h1_tls = b.build(connector.clone().http1_only());
         let auto_builder = b.clone();
         let mut b2 = Client::builder(TokioExecutor::new());
         b2.pool_idle_timeout(POOL_IDLE_TIMEOUT)
@@ -105,8 +110,8 @@ impl Forward {
                 h2_policy,
                 alpn,
                 h1,
+                h1_tls,
                 by_identity: RwLock::new(HashMap::new()),
-                upgrades: RwLock::new(HashMap::new()),
                 auto_builder,
                 connector,
                 h2,
@@ -127,25 +132,24 @@ impl Forward {
 
 impl Inner {
     /// The pooled client for a TLS peer expected to present `identity`.
-    fn for_identity(&self, identity: &Arc<str>, upgrade: bool) -> Client<Connector, Body> {
-        let map = if upgrade {
-            &self.upgrades
-        } else {
-            &self.by_identity
-        };
-        if let Some(c) = map.read().ok().and_then(|m| m.get(identity).cloned()) {
+    fn for_identity(&self, identity: &Arc<str>, h2: bool) -> Client<Connector, Body> {
+        let key = (identity.clone(), h2);
+        if let Some(c) = self
+            .by_identity
+            .read()
+            .ok()
+            .and_then(|m| m.get(&key).cloned())
+        {
             return c;
         }
-        let mut connector = self.connector.clone().expecting(identity.clone());
-        if upgrade {
-            connector = connector.http1_only();
-        }
-        let client = self.auto_builder.build(connector);
-        if let Ok(mut m) = map.write() {
-            // Bounded: identities come from the peer table, names are interned (256).
-            if m.len() < 1024 || m.contains_key(identity) {
-                return m.entry(identity.clone()).or_insert(client).clone();
-            }
+        let connector = self.connector.clone().expecting(identity.clone());
+        let client = self.auto_builder.build(if h2 {
+            connector
+        } else {
+            connector.http1_only()
+        });
+        if let Ok(mut m) = self.by_identity.write() {
+            return m.entry(key).or_insert(client).clone();
         }
         client
     }
@@ -191,6 +195,7 @@ impl tower::Service<Request<Body>> for Forward {
             *req.uri_mut() = Uri::from_parts(parts)
                 .map_err(|e| ProxyError::new(crate::error::ErrorKind::BadRequest).with_source(e))?;
             let method = Method::from_http(req.method());
+            let h2_caller = req.version() == Version::HTTP_2;
             let use_h2 = !inner.alpn
                 && req.version() == Version::HTTP_2
                 && match inner.h2_policy {
@@ -207,14 +212,10 @@ impl tower::Service<Request<Body>> for Forward {
                 *req.version_mut() = Version::HTTP_11;
                 match &dest.identity {
                     Some(id) if inner.alpn => {
-                        peer_client = inner.for_identity(id, upgrade.is_some());
+                        peer_client = inner.for_identity(id, h2_caller);
                         &peer_client
                     }
-                    None if inner.alpn && upgrade.is_some() => {
-                        let host: Arc<str> = Arc::from(dest.authority.host());
-                        peer_client = inner.for_identity(&host, true);
-                        &peer_client
-                    }
+                    _ if inner.alpn && !h2_caller => &inner.h1_tls,
                     _ => &inner.h1,
                 }
             };

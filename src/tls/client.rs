@@ -30,12 +30,14 @@ use crate::proxy::Direction;
 /// Cached configs (one per expected identity); beyond this, configs are built per handshake.
 const MAX_CACHED: usize = 1024;
 
+/// An expected peer identity, and whether h2 is offered in ALPN.
+type PeerKey = (Arc<str>, bool);
+
 struct State {
     certified: Arc<CertifiedKey>,
     roots: Arc<RootCertStore>,
-    by_identity: Mutex<HashMap<Arc<str>, Arc<ClientConfig>>>,
-    /// The same, offering only `http/1.1`: for upgrades (WebSocket), which HTTP/2 cannot carry.
-    by_identity_h1: Mutex<HashMap<Arc<str>, Arc<ClientConfig>>>,
+    /// Keyed by expected identity and whether h2 is offered in ALPN.
+    by_identity: Mutex<HashMap<PeerKey, Arc<ClientConfig>>>,
 }
 
 /// This sidecar's client side towards peers.
@@ -81,15 +83,15 @@ impl ClientTls {
     fn config_for(
         &self,
         expected: &Arc<str>,
-        h1_only: bool,
+        h2: bool,
     ) -> Result<Arc<ClientConfig>, rustls::Error> {
         let state = self.current();
-        let cache = if h1_only {
-            &state.by_identity_h1
-        } else {
-            &state.by_identity
-        };
-        if let Some(c) = cache.lock().ok().and_then(|m| m.get(expected).cloned()) {
+        if let Some(c) = state
+            .by_identity
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&(expected.clone(), h2)).cloned())
+        {
             return Ok(c);
         }
         let verifier = PeerVerifier {
@@ -102,39 +104,41 @@ impl ClientTls {
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(verifier))
                 .with_client_cert_resolver(Arc::new(Present(state.certified.clone())));
-        config.alpn_protocols = if h1_only {
-            vec![b"http/1.1".to_vec()]
+        // HTTP/1 callers get HTTP/1.1 to the peer too (ALPN without h2): on a sidecar hop
+        // one h1 connection per in-flight request costs less CPU than h2's framing, HPACK and
+        // the task hand-offs of a shared connection (docs/BENCHMARKS.md).
+        let alpn: &[&[u8]] = if h2 {
+            &super::server::ALPN
         } else {
-            super::server::ALPN.iter().map(|p| p.to_vec()).collect()
+            &super::server::ALPN[1..]
         };
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let config = Arc::new(config);
-        if let Ok(mut m) = cache.lock() {
+        if let Ok(mut m) = state.by_identity.lock() {
             if m.len() < MAX_CACHED {
-                m.insert(expected.clone(), config.clone());
+                m.insert((expected.clone(), h2), config.clone());
             }
         }
         Ok(config)
     }
 
-    /// Handshake over `tcp` with the peer at `host`, which must present `expected` (else
-    /// its DNS name).
     /// Count a handshake abandoned at the connect deadline.
     pub fn handshake_timed_out(&self) {
         self.metrics.handshake(Direction::Outbound, "timeout");
     }
 
+    /// Handshake over `tcp` with the peer at `host`, which must present `expected` (else
+    /// its DNS name). `h2`: offer HTTP/2 in ALPN (else HTTP/1.1 only).
     pub async fn connect(
         &self,
         expected: Option<Arc<str>>,
         host: &str,
         tcp: TcpStream,
-        h1_only: bool,
+        h2: bool,
     ) -> io::Result<TlsStream<TcpStream>> {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let expected = expected.unwrap_or_else(|| Arc::from(host));
-        let config = self
-            .config_for(&expected, h1_only)
-            .map_err(io::Error::other)?;
+        let config = self.config_for(&expected, h2).map_err(io::Error::other)?;
         let name = ServerName::try_from(host.to_string())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         match TlsConnector::from(config).connect(name, tcp).await {
@@ -156,7 +160,6 @@ fn state(loaded: &Loaded) -> Option<State> {
         certified: loaded.certified.clone(),
         roots: loaded.roots.clone()?,
         by_identity: Mutex::new(HashMap::new()),
-        by_identity_h1: Mutex::new(HashMap::new()),
     })
 }
 
