@@ -183,6 +183,7 @@ where
         let layer = self.layer.clone();
         Either::Right(Box::pin(async move {
             let mut attempt = 0u32;
+            let started = std::time::Instant::now();
             let mut res = first.await;
             loop {
                 match res {
@@ -197,6 +198,10 @@ where
                     Ok(mut resp) => {
                         if attempt > 0 {
                             resp.extensions_mut().insert(ResendCount(attempt));
+                            // The failed attempts were time spent on the upstream, not in the
+                            // proxy: the overhead metric subtracts all of it.
+                            resp.extensions_mut()
+                                .insert(crate::layers::metrics::UpstreamTiming(started.elapsed()));
                         }
                         return Ok(resp);
                     }
