@@ -79,7 +79,9 @@ def machine():
 
 
 def svg_chart(results, path):
-    """Grouped bars: p50 / p99 / p99.9 added latency per proxy, one panel per topology."""
+    """Grouped bars: p50 / p99 / p99.9 latency per proxy, one panel per topology. Log scale:
+    p99.9 tails are tens of times the medians, which a linear scale flattens to nothing."""
+    import math
     panels = [t for t in ("plain", "mesh") if any((p, t) in results for p in PROXIES)]
     W, H, pad = 900, 320 * len(panels), 60
     colors = {"p50": "#4c78a8", "p99": "#f58518", "p999": "#e45756"}
@@ -89,15 +91,17 @@ def svg_chart(results, path):
         y0 = i * 320
         rows = [(p, results[(p, topo)]) for p in PROXIES if (p, topo) in results]
         vmax = max(max(r["p999"], r["p99"], r["p50"]) for _, r in rows) or 1
+        lo, hi = math.log10(50), math.log10(max(vmax, 100))
         title = "one hop: client → proxy → upstream" if topo == "plain" else \
             "mesh hop: client → proxy → mTLS 1.3 → proxy → upstream"
-        out.append(f'<text x="{pad}" y="{y0 + 25}" font-size="15" font-weight="bold">{title} — latency at fixed rate (µs, lower is better)</text>')
+        out.append(f'<text x="{pad}" y="{y0 + 25}" font-size="15" font-weight="bold">{title}</text>')
+        out.append(f'<text x="{pad}" y="{y0 + 45}">latency at a fixed rate, µs (log scale; lower is better)</text>')
         base, height = y0 + 280, 220
         gw = (W - 2 * pad) / max(len(rows), 1)
         for j, (p, r) in enumerate(rows):
             gx = pad + j * gw
             for k, key in enumerate(("p50", "p99", "p999")):
-                h = r[key] / vmax * height
+                h = max(0.0, (math.log10(max(r[key], 1)) - lo) / (hi - lo)) * height
                 x = gx + 15 + k * (gw - 30) / 3
                 w = (gw - 30) / 3 - 6
                 out.append(f'<rect x="{x:.1f}" y="{base - h:.1f}" width="{w:.1f}" height="{h:.1f}" fill="{colors[key]}"/>')
