@@ -5,8 +5,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
-
 use bytes::Bytes;
 use http::{Request, Version};
 use http_body_util::Full;
@@ -17,26 +15,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn empty_get(uri: &str) -> http::request::Builder {
     Request::get(uri)
-}
-
-const WS_HANDSHAKE: &str = "GET /ws HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
-
-async fn websocket_echo(addr: SocketAddr, handshake: &str) {
-    let mut s = connect(addr).await;
-    s.write_all(handshake.as_bytes()).await.expect("write");
-    let (head, rest) = read_head(&mut s).await;
-    assert_eq!(status_of(&head), 101, "{head}");
-    assert!(header_of(&head, "upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")));
-    assert!(rest.is_empty());
-    for msg in [&b"hello through the tunnel"[..], b"second message"] {
-        s.write_all(msg).await.expect("write");
-        let mut buf = vec![0u8; msg.len()];
-        tokio::time::timeout(WAIT, s.read_exact(&mut buf))
-            .await
-            .expect("echo in time")
-            .expect("echo");
-        assert_eq!(buf, msg);
-    }
 }
 
 #[tokio::test]

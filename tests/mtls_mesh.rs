@@ -216,8 +216,7 @@ async fn caller_identity_reaches_the_callee_and_wrong_peers_are_refused() {
 /// carry an `Upgrade`, so upgrade requests get an HTTP/1.1-only mTLS connection.
 #[tokio::test]
 async fn websocket_crosses_the_mtls_mesh() {
-    use support::raw::{connect, header_of, read_head, status_of};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use support::raw::{websocket_echo, WS_HANDSHAKE};
 
     let pki = Pki::new();
     let callee_app = Upstream::start().await;
@@ -246,22 +245,8 @@ async fn websocket_crosses_the_mtls_mesh() {
     .expect("response");
     assert_eq!(ok.status, 200);
 
-    let mut s = connect(caller.outbound_addr()).await;
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: callee\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-        .await
-        .expect("write");
-    let (head, _) = read_head(&mut s).await;
-    assert_eq!(status_of(&head), 101, "{head}");
-    assert!(header_of(&head, "upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")));
-    for msg in [&b"over mTLS"[..], b"and back"] {
-        s.write_all(msg).await.expect("write");
-        let mut buf = vec![0u8; msg.len()];
-        tokio::time::timeout(WAIT, s.read_exact(&mut buf))
-            .await
-            .expect("echo in time")
-            .expect("echo");
-        assert_eq!(buf, msg);
-    }
+    let handshake = WS_HANDSHAKE.replace("Host: app", "Host: callee");
+    websocket_echo(caller.outbound_addr(), &handshake).await;
     // The callee's app saw the caller's identity on the upgrade request too.
     let ws = callee_app
         .requests()
