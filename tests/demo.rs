@@ -52,6 +52,12 @@ async fn demo_runs_and_its_summary_matches_its_traffic() {
         );
     }
     assert!(summary.agrees_with_traffic());
+    // The hops between sidecars really were mTLS: the callees counted successful handshakes.
+    assert!(summary.mtls);
+    assert!(
+        summary.tls_handshakes_ok > 0,
+        "no inbound TLS handshake was counted: the mesh ran in plaintext"
+    );
     // All five (service, direction) pairs of the demo's call graph carried traffic.
     for (svc, dir) in [
         ("frontend", "outbound"),

@@ -47,8 +47,10 @@ pub struct Summary {
     pub rows: Vec<Row>,
     pub sent: Sent,
     pub duration: Duration,
-    /// Whether the sidecars talked mTLS to each other.
+    /// Whether the sidecars were configured for mTLS with each other.
     pub mtls: bool,
+    /// Successful inbound TLS handshakes the sidecars counted: evidence that mTLS was used.
+    pub tls_handshakes_ok: u64,
 }
 
 impl Summary {
@@ -133,15 +135,26 @@ pub async fn collect(
     let deadline = tokio::time::Instant::now() + settle;
     loop {
         let mut rows = Vec::new();
+        let mut tls_handshakes_ok = 0.0;
         for (service, admin) in admins {
             let text = scrape(*admin).await?;
             rows.extend(rows_for(service, &text, duration));
+            tls_handshakes_ok += parse(&text)
+                .iter()
+                .filter(|s| {
+                    s.name == "tracseq_proxy_tls_handshakes_total"
+                        && s.labels.get("direction").map(String::as_str) == Some("inbound")
+                        && s.labels.get("result").map(String::as_str) == Some("ok")
+                })
+                .map(|s| s.value)
+                .sum::<f64>();
         }
         let summary = Summary {
             rows,
             sent: sent.clone(),
             duration,
             mtls,
+            tls_handshakes_ok: tls_handshakes_ok as u64,
         };
         if summary.agrees_with_traffic() || tokio::time::Instant::now() >= deadline {
             return Ok(summary);
