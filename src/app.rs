@@ -185,6 +185,7 @@ fn load_tls(
         key: key.clone(),
         ca: cfg.tls.ca.clone(),
     };
+    let fingerprint = crate::tls::reload::fingerprint(&paths);
     let loaded = identity::load(&paths).map_err(|e| ConfigError(e.to_string()))?;
     let server = match cfg.listen {
         Some(_) if cfg.upstream.is_some() => Some(Arc::new(
@@ -207,6 +208,7 @@ fn load_tls(
         server.clone(),
         client.clone(),
         metrics.clone(),
+        fingerprint,
     ));
     reloader.loaded(&loaded);
     tracing::info!(identity = ?loaded.identity, "TLS identity loaded");

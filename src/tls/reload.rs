@@ -32,14 +32,18 @@ pub struct Reloader {
 }
 
 impl Reloader {
+    /// `loaded_fingerprint` is `fingerprint(&paths)` taken BEFORE the files were loaded: if
+    /// they changed in between, the next event sees a difference and reloads (taken after,
+    /// it would describe files never loaded and the change would be skipped).
     pub fn new(
         paths: Paths,
         server: Option<Arc<ServerTls>>,
         client: Option<Arc<ClientTls>>,
         metrics: TlsMetrics,
+        loaded_fingerprint: u64,
     ) -> Self {
         Self {
-            last: Mutex::new(fingerprint(&paths)),
+            last: Mutex::new(loaded_fingerprint),
             paths,
             server,
             client,
@@ -141,7 +145,7 @@ impl Reloader {
 }
 
 /// A hash of the three files' contents (missing files hash as empty).
-fn fingerprint(paths: &Paths) -> u64 {
+pub fn fingerprint(paths: &Paths) -> u64 {
     let mut h = DefaultHasher::new();
     for p in [Some(&paths.cert), Some(&paths.key), paths.ca.as_ref()]
         .into_iter()
