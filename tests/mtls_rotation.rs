@@ -183,3 +183,59 @@ async fn rotation_under_load_fails_no_request() {
     );
     assert!(proxy.shutdown().await);
 }
+
+/// The Kubernetes secret layout: `tls.crt -> ..data/tls.crt`, `..data -> ..<timestamp>/`, and
+/// an update swaps `..data` atomically by renaming a new symlink over it. Only the directory
+/// changes (the files the flags name are untouched symlinks), so only a directory watch sees
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_symlink_swap_is_picked_up() {
+    use std::os::unix::fs::symlink;
+
+    let pki = Pki::new();
+    let secret = tempfile::tempdir().expect("secret dir");
+    let dir = secret.path();
+    let write_version = |name: &str, cert: &str, key: &str| {
+        let v = dir.join(name);
+        std::fs::create_dir(&v).expect("version dir");
+        std::fs::write(v.join("tls.crt"), cert).expect("cert");
+        std::fs::write(v.join("tls.key"), key).expect("key");
+        std::fs::write(v.join("ca.crt"), pki.ca_pem()).expect("ca");
+    };
+    let first = pki.ca.issue("callee", DAY).expect("cert");
+    write_version("..2026_11_27_a", &first.cert_pem, &first.key_pem);
+    symlink("..2026_11_27_a", dir.join("..data")).expect("..data");
+    for f in ["tls.crt", "tls.key", "ca.crt"] {
+        symlink(format!("..data/{f}"), dir.join(f)).expect("file link");
+    }
+
+    let up = Upstream::start().await;
+    let mut cfg = config(up.addr);
+    cfg.tls.cert = Some(dir.join("tls.crt"));
+    cfg.tls.key = Some(dir.join("tls.key"));
+    cfg.tls.ca = Some(dir.join("ca.crt"));
+    cfg.tls.client_auth = tracseq_proxy::config::ClientAuth::Required;
+    let proxy = start(cfg).await;
+    let addr = proxy.inbound.expect("inbound");
+    let client = pki.ca.issue("orders", DAY).expect("client cert");
+    let tls = client_config(&pki.ca_pem(), Some((&client.cert_pem, &client.key_pem)));
+    let before = tls_request(addr, tls.clone(), "callee", get_req("/x"))
+        .await
+        .expect("request before the swap");
+    assert_eq!(serial(&before.server_cert), pem_serial(&first.cert_pem));
+
+    // The update: a new version directory, then `..data` swapped by rename.
+    let second = pki.ca.issue("callee", DAY).expect("rotated cert");
+    write_version("..2026_11_27_b", &second.cert_pem, &second.key_pem);
+    symlink("..2026_11_27_b", dir.join("..data_tmp")).expect("new link");
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).expect("swap ..data");
+
+    let reloads = wait_metric(proxy.admin, RELOADS, &[("result", "ok")], 1.0).await;
+    assert_eq!(reloads, 1.0, "the symlink swap was not seen");
+    let after = tls_request(addr, tls, "callee", get_req("/x"))
+        .await
+        .expect("request after the swap");
+    assert_eq!(after.resp.status, 200);
+    assert_eq!(serial(&after.server_cert), pem_serial(&second.cert_pem));
+    assert!(proxy.shutdown().await);
+}
