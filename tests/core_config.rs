@@ -172,6 +172,21 @@ fn bad_values_name_the_flag_and_where_it_came_from() {
         err.starts_with("--drain-timeout (from TRACSEQ_PROXY_DRAIN_TIMEOUT)"),
         "{err}"
     );
+    // The OpenTelemetry standard variables fill in for --otlp-endpoint / --otlp-protocol.
+    std::env::set_var("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
+    let cfg = parse(&up);
+    std::env::set_var("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon");
+    let bad = parse(&up);
+    std::env::remove_var("OTEL_EXPORTER_OTLP_PROTOCOL");
+    assert_eq!(
+        cfg.expect("valid").otlp_protocol,
+        tracseq_proxy::config::OtlpProtocol::Http
+    );
+    let bad = bad.expect_err("invalid");
+    assert!(
+        bad.starts_with("--otlp-protocol (from OTEL_EXPORTER_OTLP_PROTOCOL)"),
+        "{bad}"
+    );
 }
 
 /// Run the binary; returns (exit code, stderr).

@@ -481,12 +481,23 @@ pub(super) fn resolve(src: &Sources<'_>) -> Result<Config, ConfigError> {
             .ok()
             .filter(|s| !s.is_empty()),
     };
-    let otlp_protocol = val(src, "otlp_protocol", |s| match s {
+    let protocol = |s: &str| match s {
         "grpc" => Ok(OtlpProtocol::Grpc),
         "http" | "http/protobuf" => Ok(OtlpProtocol::Http),
         _ => Err(format!("invalid protocol \"{s}\" (expected grpc or http)")),
-    })?
-    .unwrap_or(OtlpProtocol::Grpc);
+    };
+    let otlp_protocol = match val(src, "otlp_protocol", protocol)? {
+        Some(p) => p,
+        // The OpenTelemetry standard variable, as for the endpoint.
+        None => match std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL") {
+            Ok(v) if !v.is_empty() => protocol(&v).map_err(|e| {
+                ConfigError(format!(
+                    "--otlp-protocol (from OTEL_EXPORTER_OTLP_PROTOCOL): {e}"
+                ))
+            })?,
+            _ => OtlpProtocol::Grpc,
+        },
+    };
     let trace_sample_ratio = val(src, "trace_sample_ratio", |s| {
         let f: f64 = s
             .trim()
