@@ -1,5 +1,5 @@
-//! The one answer to "was this a failure?", shared by the circuit breaker, the RED metrics
-//! and spans, so that they never disagree about the same request.
+//! The one answer to "was this a failure?" (and of what kind), shared by the circuit breaker,
+//! the RED metrics and spans, so that they never disagree about the same request.
 
 use http::StatusCode;
 
@@ -38,6 +38,45 @@ pub fn upstream_failure(kind: ErrorKind) -> Option<UpstreamFailure> {
         ErrorKind::UpstreamTimeout => Some(UpstreamFailure::Timeout),
         _ => None,
     }
+}
+
+/// Map a client error to the contract's upstream failure kinds by walking its causes.
+pub fn client_error(err: &hyper_util::client::legacy::Error) -> UpstreamFailure {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    let mut failure = if err.is_connect() {
+        UpstreamFailure::Connect
+    } else {
+        UpstreamFailure::Protocol
+    };
+    while let Some(e) = cur {
+        if e.is::<rustls::Error>() {
+            return UpstreamFailure::Tls;
+        }
+        if let Some(p) = e.downcast_ref::<crate::error::ProxyError>() {
+            if let ErrorKind::UpstreamUnavailable(f) = p.kind {
+                return f;
+            }
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            match io.kind() {
+                K::TimedOut if err.is_connect() => return UpstreamFailure::Connect,
+                K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof
+                    if !err.is_connect() =>
+                {
+                    failure = UpstreamFailure::Reset
+                }
+                _ => {}
+            }
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() || h.is_closed() {
+                failure = UpstreamFailure::Reset;
+            }
+        }
+        cur = e.source();
+    }
+    failure
 }
 
 #[cfg(test)]

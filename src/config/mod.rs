@@ -5,6 +5,7 @@
 pub mod cli;
 mod parse;
 mod source;
+mod values;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,8 +14,9 @@ use std::time::Duration;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
 pub use cli::{Cli, Command};
-pub use parse::{duration as parse_duration, IdentityPattern, Peer, Rate, RouteTemplate};
+pub use parse::duration as parse_duration;
 use source::Sources;
+pub use values::{IdentityPattern, Peer, Rate, RouteTemplate};
 
 /// A start-up error: printed as one line, exit status 2.
 #[derive(Debug, thiserror::Error)]

@@ -10,6 +10,7 @@ pub mod inbound;
 pub mod outbound;
 pub mod server;
 pub mod stack;
+pub mod tunnel;
 pub mod upstream;
 
 use std::net::SocketAddr;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::body::{self, Body, BodyEnd, Observed, OnEnd};
 use super::connect::Connector;
@@ -256,7 +256,7 @@ impl tower::Service<Request<Body>> for Forward {
                     if switching {
                         if let Some(down) = upgrade {
                             let up = hyper::upgrade::on(&mut resp);
-                            tokio::spawn(tunnel(down, up));
+                            tokio::spawn(super::tunnel::tunnel(down, up));
                         }
                     }
                     headers::strip_hop_by_hop(resp.headers_mut(), switching);
@@ -287,7 +287,7 @@ impl tower::Service<Request<Body>> for Forward {
                     Err(err.into())
                 }
                 Err(err) => {
-                    let failure = classify_client_error(&err);
+                    let failure = crate::classify::client_error(&err);
                     let err = ProxyError::upstream(failure, err);
                     labels.error_type = Some(ErrorType::Proxy(err.kind));
                     inner
@@ -401,57 +401,5 @@ impl Drop for Unfinished {
             .get_or_create(&self.labels)
             .observe(self.start.elapsed().as_secs_f64(), span.exemplar(), None);
         span.end_unfinished(timed_out);
-    }
-}
-
-/// Map a client error to the contract's upstream failure kinds by walking its causes.
-pub fn classify_client_error(err: &hyper_util::client::legacy::Error) -> UpstreamFailure {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    let mut failure = if err.is_connect() {
-        UpstreamFailure::Connect
-    } else {
-        UpstreamFailure::Protocol
-    };
-    while let Some(e) = cur {
-        if e.is::<rustls::Error>() {
-            return UpstreamFailure::Tls;
-        }
-        if let Some(p) = e.downcast_ref::<ProxyError>() {
-            if let crate::error::ErrorKind::UpstreamUnavailable(f) = p.kind {
-                return f;
-            }
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind as K;
-            match io.kind() {
-                K::TimedOut if err.is_connect() => return UpstreamFailure::Connect,
-                K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof
-                    if !err.is_connect() =>
-                {
-                    failure = UpstreamFailure::Reset
-                }
-                _ => {}
-            }
-        }
-        if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            if h.is_incomplete_message() || h.is_canceled() || h.is_closed() {
-                failure = UpstreamFailure::Reset;
-            }
-        }
-        cur = e.source();
-    }
-    failure
-}
-
-async fn tunnel(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
-    match tokio::try_join!(down, up) {
-        Ok((down, up)) => {
-            let mut down = TokioIo::new(down);
-            let mut up = TokioIo::new(up);
-            if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-                tracing::debug!(error = %e, "upgraded tunnel ended with an error");
-            }
-        }
-        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
     }
 }
