@@ -220,3 +220,29 @@ fn retry_budget_has_a_floor_and_a_ratio() {
     clock.advance(Duration::from_secs(11));
     assert_eq!((0..300).filter(|_| budget.try_withdraw()).count(), 100);
 }
+
+#[test]
+fn destinations_sharing_a_metric_label_have_circuits_of_their_own() {
+    use tracseq_proxy::layers::circuit_breaker::Breakers;
+    use tracseq_proxy::layers::PolicyMetrics;
+    use tracseq_proxy::proxy::Direction;
+    let clock = ManualClock::default();
+    let metrics = PolicyMetrics::register(&mut prometheus_client::registry::Registry::default());
+    let breakers = Breakers::new(
+        3,
+        (Duration::from_millis(100), Duration::from_secs(1)),
+        Direction::Outbound,
+        metrics,
+        Arc::new(clock),
+    );
+    // Two unnamed destinations beyond the label cap: both are exported as `_other`.
+    let a = breakers.get("billing:8443", "_other");
+    let b = breakers.get("reports:8443", "_other");
+    fail(&a, 3);
+    assert!(a.acquire().is_err(), "billing's circuit is open");
+    assert!(
+        b.acquire().is_ok(),
+        "reports is not punished for billing's failures"
+    );
+    assert!(Arc::ptr_eq(&a, &breakers.get("billing:8443", "_other")));
+}

@@ -1,5 +1,5 @@
 //! Circuit breaking per upstream (the local app inbound, each peer outbound, keyed by
-//! `Dest.label`). After `--breaker-failures` consecutive failures, as `classify` decides them
+//! `Dest.authority`, exported by `Dest.label`). After `--breaker-failures` consecutive failures, as `classify` decides them
 //! (5xx, upstream errors, timeouts), the circuit opens: requests get 503 `circuit-open` with
 //! `Retry-After` and never touch the upstream. After the backoff (`--breaker-backoff MIN..MAX`,
 //! doubling per re-open, plus up to 25% jitter so a fleet of sidecars does not probe in step)
@@ -28,8 +28,8 @@ use crate::error::{kind_of, BoxError, ErrorKind, ProxyError};
 use crate::proxy::body::Body;
 use crate::proxy::{Dest, Direction};
 
-/// Upstreams with their own circuit; later ones share `_other` (outbound labels are already
-/// bounded to 256 + `_other`, so this is a second fence, not the first).
+/// Upstream addresses with their own circuit; later ones share one `_other` circuit, so the
+/// map stays bounded whatever names the app calls.
 pub const MAX_UPSTREAMS: usize = 1024;
 
 /// Share of the backoff added as random jitter (0..25%).
@@ -251,14 +251,16 @@ impl CircuitBreaker {
     }
 }
 
-/// The breakers of one direction, one per upstream label.
+/// The breakers of one direction, one per upstream address (`Dest.authority`): destinations
+/// whose metric label collapsed to `_other` still get circuits of their own, so failures of
+/// one cannot open the circuit of another. Metric series stay per label (bounded).
 pub struct Breakers {
     threshold: u32,
     backoff: (Duration, Duration),
     direction: Direction,
     metrics: Arc<PolicyMetrics>,
     clock: Arc<dyn Clock>,
-    map: DashMap<&'static str, Arc<CircuitBreaker>>,
+    map: DashMap<String, Arc<CircuitBreaker>>,
 }
 
 impl Breakers {
@@ -279,18 +281,19 @@ impl Breakers {
         }
     }
 
-    pub fn get(&self, upstream: &'static str) -> Arc<CircuitBreaker> {
-        if let Some(b) = self.map.get(upstream) {
+    /// The circuit of the upstream at `key` (its address), exported under `label`.
+    pub fn get(&self, key: &str, label: &'static str) -> Arc<CircuitBreaker> {
+        if let Some(b) = self.map.get(key) {
             return b.clone();
         }
-        let upstream = if self.map.len() >= MAX_UPSTREAMS {
-            "_other"
+        let (key, label) = if self.map.len() >= MAX_UPSTREAMS {
+            ("_other", "_other")
         } else {
-            upstream
+            (key, label)
         };
         self.map
-            .entry(upstream)
-            .or_insert_with(|| Arc::new(self.build(upstream)))
+            .entry(key.to_string())
+            .or_insert_with(|| Arc::new(self.build(label)))
             .clone()
     }
 
@@ -377,8 +380,10 @@ where
         let Some(breakers) = &self.breakers else {
             return Either::Left(self.inner.call(req));
         };
-        let label = req.extensions().get::<Dest>().map_or("_other", |d| d.label);
-        let breaker = breakers.get(label);
+        let breaker = match req.extensions().get::<Dest>() {
+            Some(d) => breakers.get(d.authority.as_str(), d.label),
+            None => breakers.get("_other", "_other"),
+        };
         let permit = match breaker.acquire() {
             Ok(p) => p,
             Err(wait) => {
