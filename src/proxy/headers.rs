@@ -2,8 +2,6 @@
 //! except for an `Upgrade` handshake, `x-request-id` is kept or generated, `x-forwarded-*` are
 //! added, and a caller's `x-forwarded-client-cert` never passes.
 
-use std::net::IpAddr;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -75,9 +73,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// Append the client's address to `x-forwarded-for` and set `x-forwarded-proto`.
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str) {
-    let ip =
-        HeaderValue::from_str(&client.to_string()).expect("an IP address is a valid header value");
+/// `client` is the client's IP as a header value (`ConnMeta::client_ip`, formatted once per
+/// connection).
+pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, proto: &'static str) {
+    let ip = client.clone();
     // Merge every earlier hop (possibly on several header lines) into one comma-separated
     // value (RFC 7239 style list) rather than a second header line, which some apps read only
     // the first of.
@@ -200,7 +199,7 @@ mod tests {
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(&mut h, "127.0.0.1".parse().expect("ip"), "https");
+        add_forwarded(&mut h, &HeaderValue::from_static("127.0.0.1"), "https");
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 127.0.0.1");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
         let mut h = HeaderMap::new();
@@ -209,7 +208,7 @@ mod tests {
             X_FORWARDED_FOR,
             HeaderValue::from_static("10.0.0.2, 10.0.0.3"),
         );
-        add_forwarded(&mut h, "127.0.0.1".parse().expect("ip"), "http");
+        add_forwarded(&mut h, &HeaderValue::from_static("127.0.0.1"), "http");
         let all: Vec<_> = h.get_all(X_FORWARDED_FOR).iter().collect();
         assert_eq!(all, ["10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1"]);
     }

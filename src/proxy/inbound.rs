@@ -137,7 +137,7 @@ where
             if let Some(xfcc) = meta.tls.as_ref().and_then(|t| t.xfcc.clone()) {
                 h.insert(headers::X_FORWARDED_CLIENT_CERT, xfcc);
             }
-            headers::add_forwarded(h, meta.client_addr.ip(), meta.scheme());
+            headers::add_forwarded(h, &meta.client_ip, meta.scheme());
         }
         req.extensions_mut().insert((*self.dest).clone());
         self.inner.call(req)

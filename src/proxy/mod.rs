@@ -51,6 +51,9 @@ pub struct PeerTls {
 pub struct ConnMeta {
     pub direction: Direction,
     pub client_addr: SocketAddr,
+    /// The client's IP as a header value, formatted once per connection for
+    /// `x-forwarded-for` rather than on every request.
+    pub client_ip: HeaderValue,
     pub local_addr: SocketAddr,
     /// `Some` when the connection is TLS; `identity` is set only for verified client certs.
     pub tls: Option<PeerTls>,

@@ -302,6 +302,8 @@ impl Listener {
         let meta = Arc::new(ConnMeta {
             direction: self.direction,
             client_addr: peer,
+            client_ip: http::HeaderValue::from_str(&peer.ip().to_string())
+                .expect("an IP address is a valid header value"),
             local_addr: local,
             tls,
             state: state.clone(),
