@@ -8,6 +8,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod layers;
+pub mod memory;
 pub mod proxy;
 pub mod telemetry;
 pub mod tls;

@@ -49,6 +49,10 @@ fn run(cfg: config::Config) -> ExitCode {
             Ok(r) => r,
             Err(e) => return Err((2, anyhow::Error::from(e))),
         };
+        // Start-up code is done: keep only the code that serves requests resident.
+        if let Err(e) = tracseq_proxy::memory::release_startup_text() {
+            tracing::debug!(error = %e, "start-up code stays resident");
+        }
         let trigger = running.shutdown_handle();
         tokio::spawn(async move {
             tracseq_proxy::app::wait_for_signal().await;
