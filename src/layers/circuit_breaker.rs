@@ -260,7 +260,7 @@ pub struct Breakers {
     direction: Direction,
     metrics: Arc<PolicyMetrics>,
     clock: Arc<dyn Clock>,
-    map: DashMap<String, Arc<CircuitBreaker>>,
+    map: DashMap<String, Arc<CircuitBreaker>, foldhash::fast::RandomState>,
 }
 
 impl Breakers {
@@ -277,7 +277,7 @@ impl Breakers {
             direction,
             metrics,
             clock,
-            map: DashMap::new(),
+            map: DashMap::with_hasher(Default::default()),
         }
     }
 

@@ -39,7 +39,14 @@ fn tokens(v: &HeaderValue) -> impl Iterator<Item = &str> {
 /// other side. `TE: trailers` survives: gRPC servers require it to know trailers are read.
 /// `Trailer` survives too: it is end-to-end and announces the trailers of a chunked body.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Fast path: most requests carry none of them.
+    // Fast path: most messages carry none of them. One pass over the (few) names is cheaper
+    // than hashing each of the eight names for a `remove` that finds nothing.
+    if !headers.keys().any(is_hop_by_hop_or_te) {
+        if keep_upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -70,6 +77,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     } else {
         headers.remove(header::UPGRADE);
     }
+}
+
+/// The names `strip_hop_by_hop` acts on (headers named by `Connection` only matter when
+/// `Connection` itself is present).
+fn is_hop_by_hop_or_te(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::TE
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::PROXY_AUTHORIZATION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
 }
 
 /// Append the client's address to `x-forwarded-for` and set `x-forwarded-proto`.
@@ -162,6 +182,36 @@ mod tests {
         assert!(h.get(header::UPGRADE).is_none());
         assert_eq!(h[header::TE], "trailers");
         assert_eq!(h["x-app"], "kept");
+    }
+
+    #[test]
+    fn each_fixed_name_alone_is_stripped_and_clean_maps_are_untouched() {
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "upgrade",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("x-app", HeaderValue::from_static("kept"));
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static("x"));
+            strip_hop_by_hop(&mut h, false);
+            assert!(h.get(name).is_none(), "{name} survived");
+            assert_eq!(h.len(), 1, "{name}: {h:?}");
+        }
+        let mut clean = HeaderMap::new();
+        clean.insert(header::HOST, HeaderValue::from_static("app"));
+        clean.append("x-app", HeaderValue::from_static("1"));
+        clean.append("x-app", HeaderValue::from_static("2"));
+        let before = clean.clone();
+        strip_hop_by_hop(&mut clean, false);
+        assert_eq!(clean, before);
+        strip_hop_by_hop(&mut clean, true);
+        assert_eq!(clean[header::CONNECTION], "upgrade");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! Layer order matches `inbound` (request id → metrics → rescue → resolve → policies →
 //! timeout → forward).
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
@@ -112,7 +112,7 @@ impl Resolver {
         Self {
             peers,
             peer_port,
-            dynamic: RwLock::new(HashMap::new()),
+            dynamic: RwLock::new(HashMap::default()),
         }
     }
 

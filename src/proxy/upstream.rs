@@ -3,7 +3,7 @@
 //! TLS peers) so gRPC trailers survive; HTTP/1 requests go out as HTTP/1.1. Upgrades
 //! (WebSocket) are tunnelled byte for byte once both sides switched protocols.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
@@ -111,7 +111,7 @@ impl Forward {
                 alpn,
                 h1,
                 h1_tls,
-                by_identity: RwLock::new(HashMap::new()),
+                by_identity: RwLock::new(HashMap::default()),
                 auto_builder,
                 connector,
                 h2,
