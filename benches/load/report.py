@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Turn one `benches/load/compare` run into docs/BENCHMARKS.md (tables) and an SVG latency chart.
 
-Reads, per proxy and topology: <name>.oha.json (fixed-rate latency, coordinated-omission
-corrected), <name>.wrk.txt (closed-loop throughput) and <name>.meta.json (CPU ticks during the
-fixed-rate run, peak RSS, the 1 GiB streaming result).
+Reads, per proxy, topology and round: <name>.r<N>.oha.json (fixed-rate latency,
+coordinated-omission corrected), <name>.r<N>.wrk.txt (closed-loop throughput) and
+<name>.r<N>.meta.json (CPU time during the fixed-rate run, peak RSS, the 1 GiB streaming
+result, first round only). Every number reported is the median over the rounds.
 """
 import argparse
+import glob
 import json
+import statistics
 import os
 import platform
 import re
@@ -19,9 +22,23 @@ LABEL = {"direct": "direct (no proxy)", "tracseq": "tracseq-proxy", "nginx": "ng
 
 
 def load(out, name):
+    """The median over the rounds of `name` (a single-round run of an older layout works too)."""
+    bases = sorted(glob.glob(os.path.join(out, name + ".r*.meta.json")))
+    bases = [b[:-len(".meta.json")] for b in bases] or [os.path.join(out, name)]
+    rounds = [r for r in (load_round(b) for b in bases) if r]
+    if not rounds:
+        return None
+    merged = dict(rounds[0])  # the 1 GiB check ran in the first round
+    for key in ("p50", "p99", "p999", "rps", "cpu_per_1k", "rss_mib", "requests", "success"):
+        merged[key] = statistics.median(r[key] for r in rounds)
+    merged["rounds"] = rounds
+    return merged
+
+
+def load_round(base):
     r = {}
     try:
-        with open(os.path.join(out, name + ".oha.json")) as f:
+        with open(base + ".oha.json") as f:
             oha = json.load(f)
         pct = oha.get("latencyPercentiles", {})
         r["p50"] = pct.get("p50", 0) * 1e6
@@ -33,14 +50,15 @@ def load(out, name):
     except (OSError, ValueError):
         return None
     try:
-        with open(os.path.join(out, name + ".wrk.txt")) as f:
+        with open(base + ".wrk.txt") as f:
             m = re.search(r"Requests/sec:\s+([\d.]+)", f.read())
             r["rps"] = float(m.group(1)) if m else 0.0
     except OSError:
         r["rps"] = 0.0
-    with open(os.path.join(out, name + ".meta.json")) as f:
+    with open(base + ".meta.json") as f:
         meta = json.load(f)
-    r["cpu_per_1k"] = (meta["cpu_ticks"] / TICKS) / max(r["requests"], 1) * 1000
+    cpu_s = meta["cpu_ns"] / 1e9 if "cpu_ns" in meta else meta["cpu_ticks"] / TICKS
+    r["cpu_per_1k"] = cpu_s / max(r["requests"], 1) * 1000
     r["rss_mib"] = meta["peak_rss_kb"] / 1024
     big = meta.get("big", "").split()
     if len(big) == 3:
@@ -129,15 +147,19 @@ def targets(results):
         a = [r[key] - d[key] for r in (t, n, h)]
         out.append(f"| {name} | {a[0]:.0f} | {a[1]:.0f} | {a[2]:.0f} | {ok(a[0] < a[1] and a[0] < a[2])} |")
     best = min(n["cpu_per_1k"], h["cpu_per_1k"])
+    per_round = [tr["cpu_per_1k"] / min(nr["cpu_per_1k"], hr["cpu_per_1k"])
+                 for tr, nr, hr in zip(t["rounds"], n["rounds"], h["rounds"])]
     out.append(f"| mesh CPU s / 1k req ≤ 0.8 × the better ({0.8 * best:.3f}) | {t['cpu_per_1k']:.3f} | {n['cpu_per_1k']:.3f} | "
                f"{h['cpu_per_1k']:.3f} | {ok(t['cpu_per_1k'] <= 0.8 * best)} ({t['cpu_per_1k'] / best:.2f}×) |")
+    cpu_note = ("Mesh CPU of tracseq-proxy ÷ the better of nginx and HAProxy, round by round: "
+                + ", ".join(f"{x:.2f}×" for x in per_round) + ".")
     best = min(n["rss_mib"], h["rss_mib"])
     out.append(f"| peak RSS of both sidecars ≤ half the better pair ({best / 2:.1f} MiB) | {t['rss_mib']:.1f} | {n['rss_mib']:.1f} | "
                f"{h['rss_mib']:.1f} | {ok(t['rss_mib'] <= best / 2)} ({t['rss_mib'] / best:.2f}×) |")
     if "big_rss_mib" in t:
         out.append(f"| 1 GiB streamed, each sidecar's peak RSS < 32 MiB | {t['rss_each_max_mib']:.1f} (largest) | | | "
                    f"{ok(t['rss_each_max_mib'] < 32 and t.get('big_bytes') == 1 << 30)} |")
-    return out + [""]
+    return out + ["", cpu_note, ""]
 
 
 def main():
@@ -148,6 +170,7 @@ def main():
     ap.add_argument("--duration", default="10")
     ap.add_argument("--rate", default="1000")
     ap.add_argument("--conns", default="16")
+    ap.add_argument("--rounds", default="1")
     a = ap.parse_args()
     results = {}
     for topo in ("plain", "mesh"):
@@ -165,13 +188,16 @@ def main():
         "Produced by `benches/load/compare` (run by hand; numbers below are from one run, so every",
         "comparison is within the same run on the same machine). Regenerate with",
         "`benches/load/compare` — it rewrites this file and `docs/benchmarks-latency.svg`.",
+        f"Each number is the median of {a.rounds} round(s); every round starts fresh proxy processes",
+        "and measures all proxies one after the other.",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}; {m['nginx']}; {m['haproxy']}.",
         f"Each proxy process is pinned to CPU 1 with one worker (`--workers 1`, `worker_processes 1`,",
         f"`nbthread 1`); the upstream (nginx `return 200`) and the load generators are pinned to CPU 0.",
         f"Latency: `oha -q {a.rate} -c {a.conns} --latency-correction` for {a.duration}s (keep-alive,",
         f"coordinated-omission corrected). Throughput: `wrk -t1 -c{a.conns}` for {a.duration}s, closed loop.",
-        "CPU: user+system seconds of the proxy processes during the fixed-rate run, per 1,000 requests.",
+        "CPU: on-CPU time of all threads of the proxy processes (scheduler accounting,",
+        "`/proc/<pid>/task/*/schedstat`) during the fixed-rate run, per 1,000 requests.",
         "RSS: peak resident set (VmHWM) of the proxy processes, summed (nginx: master + worker).",
         "tracseq-proxy runs with its defaults: metrics on, load shedding, circuit breaker, retries.",
         "",
