@@ -127,7 +127,12 @@ Anonymous:             0 kB
             } else if mapping_header(line).is_some() {
                 counting = false;
             } else if let (true, Some(kb)) = (counting, line.strip_prefix("Rss:")) {
-                total += kb.trim().trim_end_matches("kB").trim().parse::<u64>().expect("kB");
+                total += kb
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .expect("kB");
             }
         }
         total
