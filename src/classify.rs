@@ -42,8 +42,18 @@ pub fn upstream_failure(kind: ErrorKind) -> Option<UpstreamFailure> {
 
 /// Map a client error to the contract's upstream failure kinds by walking its causes.
 pub fn client_error(err: &hyper_util::client::legacy::Error) -> UpstreamFailure {
+    exchange_error(err, err.is_connect())
+}
+
+/// The same for an error of our HTTP/1.1 pool (`proxy::pool`).
+pub fn pool_error(err: &crate::proxy::pool::SendError) -> UpstreamFailure {
+    exchange_error(err, err.is_connect())
+}
+
+/// `connect`: the error happened while opening the connection (the request never left).
+fn exchange_error(err: &(dyn std::error::Error + 'static), connect: bool) -> UpstreamFailure {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    let mut failure = if err.is_connect() {
+    let mut failure = if connect {
         UpstreamFailure::Connect
     } else {
         UpstreamFailure::Protocol
@@ -60,9 +70,9 @@ pub fn client_error(err: &hyper_util::client::legacy::Error) -> UpstreamFailure 
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind as K;
             match io.kind() {
-                K::TimedOut if err.is_connect() => return UpstreamFailure::Connect,
+                K::TimedOut if connect => return UpstreamFailure::Connect,
                 K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof
-                    if !err.is_connect() =>
+                    if !connect =>
                 {
                     failure = UpstreamFailure::Reset
                 }

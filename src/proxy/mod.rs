@@ -8,6 +8,7 @@ pub mod connect;
 pub mod headers;
 pub mod inbound;
 pub mod outbound;
+pub mod pool;
 pub mod server;
 pub mod stack;
 pub mod tunnel;

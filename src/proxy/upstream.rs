@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::body::{self, Body, BodyEnd, Observed, OnEnd};
 use super::connect::Connector;
+use super::pool::{H1Pool, SendError};
 use super::stack::Deadline;
 use super::{headers, Dest, Direction};
 use crate::error::{BoxError, ProxyError, UpstreamFailure};
@@ -68,6 +69,12 @@ struct Inner {
     /// different identities must never share a connection. Keyed by identity and whether h2
     /// is offered (the caller spoke HTTP/2).
     by_identity: RwLock<HashMap<PeerKey, Client<Connector, Body>>>,
+    /// HTTP/1.1 exchanges (all but HTTP/2 and upgrades) go through our own pools, which
+    /// drive each connection in the request's task (`proxy::pool`): to the local app or
+    /// plaintext peers, to TLS peers without an expected identity, and one per identity.
+    pool_plain: H1Pool,
+    pool_tls: H1Pool,
+    pools_by_identity: RwLock<HashMap<Arc<str>, H1Pool>>,
     auto_builder: hyper_util::client::legacy::Builder,
     connector: Connector,
     h2: Client<Connector, Body>,
@@ -112,6 +119,9 @@ impl Forward {
                 h1,
                 h1_tls,
                 by_identity: RwLock::new(HashMap::default()),
+                pool_plain: H1Pool::new(connector.clone()),
+                pool_tls: H1Pool::new(connector.clone().http1_only()),
+                pools_by_identity: RwLock::new(HashMap::default()),
                 auto_builder,
                 connector,
                 h2,
@@ -130,7 +140,99 @@ impl Forward {
     }
 }
 
+/// How one request reaches its upstream.
+enum Via<'a> {
+    Pool(H1Pool),
+    Client(&'a Client<Connector, Body>),
+    PeerClient(Box<Client<Connector, Body>>),
+}
+
+/// A response body from either kind of client.
+enum UpstreamBody {
+    Pooled(super::pool::PooledBody),
+    Shared(hyper::body::Incoming),
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Pooled(b) => std::pin::Pin::new(b).poll_frame(cx),
+            Self::Shared(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Pooled(b) => b.is_end_stream(),
+            Self::Shared(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Self::Pooled(b) => b.size_hint(),
+            Self::Shared(b) => b.size_hint(),
+        }
+    }
+}
+
+fn shared(
+    r: Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
+) -> Result<Response<UpstreamBody>, Failed> {
+    r.map(|r| r.map(UpstreamBody::Shared))
+        .map_err(Failed::Client)
+}
+
+/// An exchange that failed, from either kind of client.
+enum Failed {
+    Pool(SendError),
+    Client(hyper_util::client::legacy::Error),
+}
+
 impl Inner {
+    /// The client for an HTTP/1.1 exchange (`upgrade`: the request asks to switch protocols).
+    fn route(&self, dest: &Dest, h2_caller: bool, upgrade: bool) -> Via<'_> {
+        // A TLS peer gets ALPN with h2 for HTTP/2 callers (hyper-util's auto client shares an
+        // h2 connection); upgraded connections leave the pool for good.
+        let pooled = !(upgrade || (self.alpn && h2_caller));
+        match (&dest.identity, self.alpn) {
+            (Some(id), true) if pooled => Via::Pool(self.pool_for_identity(id)),
+            (Some(id), true) => Via::PeerClient(Box::new(self.for_identity(id, h2_caller))),
+            (_, true) if pooled => Via::Pool(self.pool_tls.clone()),
+            (_, true) if !h2_caller => Via::Client(&self.h1_tls),
+            (_, false) if pooled => Via::Pool(self.pool_plain.clone()),
+            _ => Via::Client(&self.h1),
+        }
+    }
+
+    /// The HTTP/1.1 pool for a TLS peer expected to present `identity`.
+    fn pool_for_identity(&self, identity: &Arc<str>) -> H1Pool {
+        if let Some(p) = self
+            .pools_by_identity
+            .read()
+            .ok()
+            .and_then(|m| m.get(identity).cloned())
+        {
+            return p;
+        }
+        let pool = H1Pool::new(
+            self.connector
+                .clone()
+                .expecting(identity.clone())
+                .http1_only(),
+        );
+        if let Ok(mut m) = self.pools_by_identity.write() {
+            return m.entry(identity.clone()).or_insert(pool).clone();
+        }
+        pool
+    }
+
     /// The pooled client for a TLS peer expected to present `identity`.
     fn for_identity(&self, identity: &Arc<str>, h2: bool) -> Client<Connector, Body> {
         let key = (identity.clone(), h2);
@@ -202,22 +304,14 @@ impl tower::Service<Request<Body>> for Forward {
                     H2Policy::FollowDownstream => true,
                     H2Policy::GrpcOnly => is_grpc(req.headers()),
                 };
-            let peer_client;
-            let client = if use_h2 {
-                &inner.h2
+            let via = if use_h2 {
+                Via::Client(&inner.h2)
             } else {
                 if req.version() == Version::HTTP_2 {
                     downgrade_h2_headers(req.headers_mut(), downstream_authority.as_ref());
                 }
                 *req.version_mut() = Version::HTTP_11;
-                match &dest.identity {
-                    Some(id) if inner.alpn => {
-                        peer_client = inner.for_identity(id, h2_caller);
-                        &peer_client
-                    }
-                    _ if inner.alpn && !h2_caller => &inner.h1_tls,
-                    _ => &inner.h1,
-                }
+                inner.route(&dest, h2_caller, upgrade.is_some())
             };
             let span = crate::layers::trace::ClientSpan::start(&mut req, &dest);
             let deadline = req.extensions().get::<Deadline>().map(|d| d.0);
@@ -236,7 +330,14 @@ impl tower::Service<Request<Body>> for Forward {
                 deadline,
                 span: Some(span),
             };
-            let result = client.request(req).await;
+            let result = match via {
+                Via::Pool(pool) => match pool.send(req).await {
+                    Ok(r) => Ok(r.map(UpstreamBody::Pooled)),
+                    Err(e) => Err(Failed::Pool(e)),
+                },
+                Via::Client(client) => shared(client.request(req).await),
+                Via::PeerClient(client) => shared(client.request(req).await),
+            };
             let elapsed = start.elapsed();
             let (mut labels, span) = unfinished.finish();
             match result {
@@ -274,6 +375,10 @@ impl tower::Service<Request<Body>> for Forward {
                         .map(|b| body::boxed(Observed::new(body::IdleTimeout::new(b, idle), cut))))
                 }
                 Err(err) if client_cut_happened(&client_cut) => {
+                    let err: BoxError = match err {
+                        Failed::Pool(e) => e.into(),
+                        Failed::Client(e) => e.into(),
+                    };
                     // The client's doing, not the upstream's: no upstream error, no 502.
                     let err = ProxyError::new(crate::error::ErrorKind::BadRequest)
                         .with_detail("the request body was cut by the client")
@@ -287,7 +392,10 @@ impl tower::Service<Request<Body>> for Forward {
                     Err(err.into())
                 }
                 Err(err) => {
-                    let failure = crate::classify::client_error(&err);
+                    let (failure, err): (_, BoxError) = match err {
+                        Failed::Pool(e) => (crate::classify::pool_error(&e), e.into()),
+                        Failed::Client(e) => (crate::classify::client_error(&e), e.into()),
+                    };
                     let err = ProxyError::upstream(failure, err);
                     labels.error_type = Some(ErrorType::Proxy(err.kind));
                     inner
