@@ -2,7 +2,10 @@
 //! (`upstream-unavailable`, kind `connect`) of an idempotent method (GET HEAD OPTIONS TRACE PUT
 //! DELETE) whose body is empty, the only body that can be sent again (a streamed body is gone
 //! once read). POST is never retried. It sits between the request timeout and the upstream
-//! client, so every attempt shares the one deadline.
+//! client, so every attempt shares the one deadline. A request that could not be sent comes
+//! back inside the error (`Unsent`, from the HTTP/1.1 pool) and is sent again as it is; only
+//! HTTP/2 requests, which may go out over a client that cannot give them back, have their
+//! head copied up front.
 //!
 //! Retries are bounded by a budget, like Envoy's default: retries may be at most 20% of the
 //! requests seen over the last `WINDOW` (10 s), with a floor of `MIN_RETRIES_PER_SEC` (10/s) so
@@ -111,6 +114,55 @@ pub fn replayable<B: http_body::Body>(req: &Request<B>) -> bool {
         && !headers::is_upgrade(req.headers())
 }
 
+/// An upstream error that gives back the request it failed to send (no connection could be
+/// opened), so that a retry needs no copy of it. Its source is the error itself, so anything
+/// that classifies errors by walking sources sees through it.
+pub struct Unsent {
+    error: BoxError,
+    // `Request<Body>` is not `Sync` (the body is not); errors must be.
+    request: std::sync::Mutex<Option<Request<Body>>>,
+}
+
+impl Unsent {
+    pub fn new(error: impl Into<BoxError>, request: Request<Body>) -> Self {
+        Self {
+            error: error.into(),
+            request: std::sync::Mutex::new(Some(request)),
+        }
+    }
+
+    /// The error, and the request when `e` is an `Unsent`.
+    pub fn take(e: BoxError) -> (BoxError, Option<Request<Body>>) {
+        match e.downcast::<Unsent>() {
+            Ok(u) => {
+                let request = u.request.into_inner().ok().flatten();
+                (u.error, request)
+            }
+            Err(e) => (e, None),
+        }
+    }
+}
+
+impl std::fmt::Debug for Unsent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unsent")
+            .field("error", &self.error)
+            .finish()
+    }
+}
+
+impl std::fmt::Display for Unsent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl std::error::Error for Unsent {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.error.as_ref())
+    }
+}
+
 /// Whether an error means the request never left: only connect failures qualify.
 pub fn never_sent(err: &BoxError) -> bool {
     kind_of(err.as_ref()) == ErrorKind::UpstreamUnavailable(UpstreamFailure::Connect)
@@ -175,10 +227,17 @@ where
         if !replayable(&req) {
             return Either::Left(self.inner.call(req));
         }
-        // Keep a copy of the head (the body is empty) for the next attempts.
-        let (parts, body) = req.into_parts();
-        let template = Request::from_parts(parts, ());
-        let first = boxed_call(&mut self.inner, copy(&template, body));
+        // HTTP/1.1 exchanges hand a request that was never sent back in their error
+        // (`Unsent`); an HTTP/2 request may go out over hyper-util's client, which cannot,
+        // so its head (the body is empty) is copied for the next attempts.
+        let (template, first) = if req.version() == http::Version::HTTP_2 {
+            let (parts, body) = req.into_parts();
+            let template = Request::from_parts(parts, ());
+            let first = boxed_call(&mut self.inner, copy(&template, body));
+            (Some(template), first)
+        } else {
+            (None, boxed_call(&mut self.inner, req))
+        };
         let mut inner = self.inner.clone();
         let layer = self.layer.clone();
         Either::Right(Box::pin(async move {
@@ -187,13 +246,19 @@ where
             let mut res = first.await;
             loop {
                 match res {
-                    Err(e)
-                        if attempt < layer.max && never_sent(&e) && layer.budget.try_withdraw() =>
-                    {
+                    Err(e) => {
+                        let (e, back) = Unsent::take(e);
+                        let again =
+                            back.or_else(|| template.as_ref().map(|t| copy(t, body::empty())));
+                        let Some(again) = again.filter(|_| {
+                            attempt < layer.max && never_sent(&e) && layer.budget.try_withdraw()
+                        }) else {
+                            return Err(e);
+                        };
                         attempt += 1;
                         tracing::debug!(attempt, error = %e, "retrying a request that was never sent");
                         let svc = inner.ready().await?;
-                        res = boxed_call(svc, copy(&template, body::empty())).await;
+                        res = boxed_call(svc, again).await;
                     }
                     Ok(mut resp) => {
                         if attempt > 0 {
@@ -205,7 +270,6 @@ where
                         }
                         return Ok(resp);
                     }
-                    Err(e) => return Err(e),
                 }
             }
         }))

@@ -71,6 +71,13 @@ impl std::error::Error for SendError {
     }
 }
 
+/// A failed exchange, with the request when it was never sent (no connection could be
+/// opened): the caller may send it again without having kept a copy.
+pub struct Failure {
+    pub error: SendError,
+    pub unsent: Option<Request<Body>>,
+}
+
 /// One connection: the request handle and the connection future that does its I/O.
 struct Conn {
     sender: http1::SendRequest<Body>,
@@ -109,6 +116,11 @@ impl Relay {
                 *t = Some(task.clone());
             }
         }
+        self.state.store(POLLING, Ordering::Release);
+    }
+
+    /// Note signals without waking anyone until `end`, for a caller about to poll anyway.
+    fn mute(&self) {
         self.state.store(POLLING, Ordering::Release);
     }
 
@@ -216,12 +228,13 @@ impl H1Pool {
 
     /// Send `req` (absolute URI `http://address/path`) and return the response head; the
     /// body streams from the connection as it is polled.
-    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<PooledBody>, SendError> {
-        let authority = req
-            .uri()
-            .authority()
-            .cloned()
-            .ok_or_else(|| SendError::Connect("request URI has no upstream address".into()))?;
+    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<PooledBody>, Failure> {
+        let Some(authority) = req.uri().authority().cloned() else {
+            return Err(Failure {
+                error: SendError::Connect("request URI has no upstream address".into()),
+                unsent: None,
+            });
+        };
         if !req.headers().contains_key(http::header::HOST) {
             if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
                 req.headers_mut().insert(http::header::HOST, v);
@@ -231,9 +244,21 @@ impl H1Pool {
         loop {
             let (mut conn, reused) = match self.checkout(&authority).await {
                 Some(conn) => (conn, true),
-                None => (self.connect(&authority).await?, false),
+                None => match self.connect(&authority).await {
+                    Ok(conn) => (conn, false),
+                    Err(error) => {
+                        return Err(Failure {
+                            error,
+                            unsent: Some(req),
+                        })
+                    }
+                },
             };
+            // Queueing the request signals the connection; it is polled right below, so the
+            // signal need not schedule a poll of its own.
+            conn.relay.mute();
             let sent = conn.sender.try_send_request(req);
+            conn.relay.end();
             let mut sent = std::pin::pin!(sent);
             let result = poll_fn(|cx| {
                 conn.poll(cx, |conn, cx| {
@@ -261,7 +286,12 @@ impl H1Pool {
                     // A reused connection closed before the request was written (the
                     // upstream timed it out meanwhile): safe to send on a new one.
                     Some(back) if reused => req = back,
-                    _ => return Err(SendError::Http(e.into_error())),
+                    _ => {
+                        return Err(Failure {
+                            error: SendError::Http(e.into_error()),
+                            unsent: None,
+                        })
+                    }
                 },
             }
         }

@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::body::{self, Body, BodyEnd, Observed, OnEnd};
 use super::connect::Connector;
-use super::pool::{H1Pool, SendError};
+use super::pool::{Failure, H1Pool};
 use super::stack::Deadline;
 use super::{headers, Dest, Direction};
 use crate::error::{BoxError, ProxyError, UpstreamFailure};
@@ -191,7 +191,7 @@ fn shared(
 
 /// An exchange that failed, from either kind of client.
 enum Failed {
-    Pool(SendError),
+    Pool(Box<Failure>),
     Client(hyper_util::client::legacy::Error),
 }
 
@@ -333,7 +333,7 @@ impl tower::Service<Request<Body>> for Forward {
             let result = match via {
                 Via::Pool(pool) => match pool.send(req).await {
                     Ok(r) => Ok(r.map(UpstreamBody::Pooled)),
-                    Err(e) => Err(Failed::Pool(e)),
+                    Err(e) => Err(Failed::Pool(Box::new(e))),
                 },
                 Via::Client(client) => shared(client.request(req).await),
                 Via::PeerClient(client) => shared(client.request(req).await),
@@ -376,7 +376,7 @@ impl tower::Service<Request<Body>> for Forward {
                 }
                 Err(err) if client_cut_happened(&client_cut) => {
                     let err: BoxError = match err {
-                        Failed::Pool(e) => e.into(),
+                        Failed::Pool(f) => f.error.into(),
                         Failed::Client(e) => e.into(),
                     };
                     // The client's doing, not the upstream's: no upstream error, no 502.
@@ -392,9 +392,13 @@ impl tower::Service<Request<Body>> for Forward {
                     Err(err.into())
                 }
                 Err(err) => {
-                    let (failure, err): (_, BoxError) = match err {
-                        Failed::Pool(e) => (crate::classify::pool_error(&e), e.into()),
-                        Failed::Client(e) => (crate::classify::client_error(&e), e.into()),
+                    let (failure, err, unsent): (_, BoxError, _) = match err {
+                        Failed::Pool(f) => (
+                            crate::classify::pool_error(&f.error),
+                            f.error.into(),
+                            f.unsent,
+                        ),
+                        Failed::Client(e) => (crate::classify::client_error(&e), e.into(), None),
                     };
                     let err = ProxyError::upstream(failure, err);
                     labels.error_type = Some(ErrorType::Proxy(err.kind));
@@ -408,7 +412,11 @@ impl tower::Service<Request<Body>> for Forward {
                         .metrics
                         .upstream_error(inner.direction, failure.as_str());
                     tracing::debug!(direction = inner.direction.as_str(), dest = dest.label, error = %err, "upstream request failed");
-                    Err(err.into())
+                    match unsent {
+                        // Never sent: the retry layer may send it again as it is.
+                        Some(req) => Err(crate::layers::retry::Unsent::new(err, req).into()),
+                        None => Err(err.into()),
+                    }
                 }
             }
         })
