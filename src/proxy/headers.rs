@@ -126,14 +126,22 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, proto: &'sta
 /// The request's id: the caller's `x-request-id` if it is a sane token, else a new random
 /// UUIDv4. The value is written back so the upstream sees the same id.
 pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(X_REQUEST_ID) {
-        if !v.is_empty() && v.len() <= 200 {
-            return v.clone();
+    // One lookup for both the check and the insert.
+    match headers.entry(X_REQUEST_ID) {
+        header::Entry::Occupied(e) if !e.get().is_empty() && e.get().len() <= 200 => {
+            e.get().clone()
+        }
+        header::Entry::Occupied(mut e) => {
+            let v = new_request_id();
+            e.insert(v.clone());
+            v
+        }
+        header::Entry::Vacant(e) => {
+            let v = new_request_id();
+            e.insert(v.clone());
+            v
         }
     }
-    let v = new_request_id();
-    headers.insert(X_REQUEST_ID, v.clone());
-    v
 }
 
 fn new_request_id() -> HeaderValue {
