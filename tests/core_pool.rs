@@ -4,7 +4,7 @@
 //! request, `Connection: close` and HTTP/1.0 answers that must not be reused, a client that
 //! abandons a big body, concurrency, an early 413 to a big upload, and one pooled mTLS
 //! connection between two sidecars; also a request abandoned at the request timeout, and an
-//! upstream that answers before reading the body it then reads (ignored: a known pool bug).
+//! upstream that answers before reading the body it then reads.
 //! Upstream connection counts are the proof of (non-)reuse. Where the harness upstream cannot
 //! misbehave the right way, a raw upstream scripted per request (`RawUpstream`) does. Every
 //! wait is bounded; no single sleep is longer than 100 ms (the idle-close test sleeps 0.9 s in
@@ -718,9 +718,6 @@ async fn outbound_tls_connection_to_a_peer_is_reused() {
 // 10. An upstream that answers before it has read the request body, then reads all of it.
 
 #[tokio::test]
-#[ignore = "bug: pool.rs pools a connection at the end of the response body while the request \
-            body is still being written; nobody drives it from then on, the upload stalls \
-            (~256 KiB of 2 MiB) until the next checkout drops the connection (truncated body)"]
 async fn request_body_is_still_sent_after_an_early_complete_answer() {
     // Legal HTTP/1.1 (RFC 9110 §15: a server may answer before the content is received) and
     // what streaming ingesters do: a 200 as soon as the head is in, then the body is read.

@@ -424,10 +424,42 @@ pub struct PooledBody {
 }
 
 impl PooledBody {
+    /// The response is complete: the connection goes back to the pool once the exchange is
+    /// over. Usually it is at once; but an upstream may answer before it has read the request
+    /// body (RFC 9110 allows it; streaming ingesters do it), and then the connection is still
+    /// sending that body, which only happens while someone polls it: a task of its own does,
+    /// until the connection is ready for the next request (or closes, or idles too long).
     fn release(&mut self) {
-        if let Some(conn) = self.conn.take() {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        let ready = conn.poll(&mut Context::from_waker(Waker::noop()), |c, cx| {
+            Poll::Ready(c.ready_now(cx))
+        });
+        if matches!(ready, Poll::Ready(true)) {
             self.pool.put(self.authority.clone(), conn);
+            return;
         }
+        if conn.closed {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (pool, authority) = (self.pool.clone(), self.authority.clone());
+        rt.spawn(async move {
+            let finished = poll_fn(|cx| {
+                conn.poll(cx, |c, cx| {
+                    if !c.drive(cx) {
+                        return Poll::Ready(false);
+                    }
+                    c.sender.poll_ready(cx).map(|r| r.is_ok())
+                })
+            });
+            if let Ok(true) = tokio::time::timeout(IDLE_TIMEOUT, finished).await {
+                pool.put(authority, conn);
+            }
+        });
     }
 }
 
