@@ -116,33 +116,13 @@ fn request(up: &Upstream, method: http::Method, body: Body) -> Request<Body> {
     req
 }
 
-#[tokio::test]
-async fn a_get_survives_one_connect_failure_by_retry() {
-    let up = Upstream::start().await;
-    let (svc, calls) = harness(1, 1).await;
-    let resp = svc
-        .oneshot(request(&up, http::Method::GET, body::empty()))
-        .await
-        .expect("the retry reached the upstream");
-    assert_eq!(resp.status(), 200);
-    assert_eq!(
-        resp.extensions().get::<ResendCount>(),
-        Some(&ResendCount(1))
-    );
-    assert_eq!(resp.headers()["x-upstream-path"], "/retried");
-    let _ = resp.into_body().collect().await;
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
-    assert_eq!(up.count(), 1);
-}
-
-/// HTTP/2 requests may leave over hyper-util's client, which cannot hand a request back: the
-/// retry layer keeps a copy of their head instead.
-#[tokio::test]
-async fn an_h2_get_survives_one_connect_failure_by_retry() {
+/// One refused connect, then success on the retry, for a GET of `version`; HTTP/1.1 requests
+/// come back from the pool inside the error, HTTP/2 ones are resent from a copy of the head.
+async fn survives_one_connect_failure(version: http::Version, seen_as: &str) {
     let up = Upstream::start().await;
     let (svc, calls) = harness(1, 1).await;
     let mut req = request(&up, http::Method::GET, body::empty());
-    *req.version_mut() = http::Version::HTTP_2;
+    *req.version_mut() = version;
     let resp = svc
         .oneshot(req)
         .await
@@ -152,10 +132,23 @@ async fn an_h2_get_survives_one_connect_failure_by_retry() {
         resp.extensions().get::<ResendCount>(),
         Some(&ResendCount(1))
     );
-    assert_eq!(resp.headers()["x-upstream-version"], "HTTP/2.0");
+    assert_eq!(resp.headers()["x-upstream-path"], "/retried");
+    assert_eq!(resp.headers()["x-upstream-version"], seen_as);
     let _ = resp.into_body().collect().await;
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn a_get_survives_one_connect_failure_by_retry() {
+    survives_one_connect_failure(http::Version::HTTP_11, "HTTP/1.1").await;
+}
+
+/// HTTP/2 requests may leave over hyper-util's client, which cannot hand a request back: the
+/// retry layer keeps a copy of their head instead.
+#[tokio::test]
+async fn an_h2_get_survives_one_connect_failure_by_retry() {
+    survives_one_connect_failure(http::Version::HTTP_2, "HTTP/2.0").await;
 }
 
 #[tokio::test]
