@@ -45,7 +45,6 @@ fn overhead_histogram() -> Histogram {
     Histogram::new(OVERHEAD_BUCKETS)
 }
 
-/// The HTTP metrics of both directions.
 /// Distinct label sets a [`Handles`] cache keeps; beyond, lookups go to the family.
 const MAX_CACHED_HANDLES: usize = 4096;
 
@@ -93,6 +92,7 @@ where
     }
 }
 
+/// The HTTP metrics of both directions.
 #[derive(Debug)]
 pub struct HttpMetrics {
     pub server_duration: Handles<ServerLabels, DurationHistogram, HistogramCtor>,

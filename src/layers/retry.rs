@@ -116,7 +116,11 @@ pub fn replayable<B: http_body::Body>(req: &Request<B>) -> bool {
 
 /// An upstream error that gives back the request it failed to send (no connection could be
 /// opened), so that a retry needs no copy of it. Its source is the error itself, so anything
-/// that classifies errors by walking sources sees through it.
+/// that classifies errors by walking sources sees through it. The request comes back as the
+/// service below handed it to its client (`Forward` set the version, `Host`, `traceparent`
+/// and an origin-form URI); `Forward` takes such a request again as it is, rebuilding the
+/// URI from `Dest`. A layer placed between this one and `Forward` that changes requests per
+/// attempt must allow for that.
 pub struct Unsent {
     error: BoxError,
     // `Request<Body>` is not `Sync` (the body is not); errors must be.

@@ -236,7 +236,12 @@ impl H1Pool {
             });
         };
         if !req.headers().contains_key(http::header::HOST) {
-            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+            // As hyper-util's client does: the host, and the port unless it is http's 80.
+            let host = match authority.port_u16() {
+                Some(port) if port != 80 => format!("{}:{port}", authority.host()),
+                _ => authority.host().to_string(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&host) {
                 req.headers_mut().insert(http::header::HOST, v);
             }
         }
@@ -323,8 +328,7 @@ impl H1Pool {
             if ready {
                 return Some(conn);
             }
-            // Closed by the upstream, or still busy with a request body the upstream did
-            // not wait for: not usable, dropped (which closes it).
+            // Closed by the upstream while idle: not usable, dropped.
         }
     }
 
@@ -448,15 +452,33 @@ impl PooledBody {
         };
         let (pool, authority) = (self.pool.clone(), self.authority.clone());
         rt.spawn(async move {
+            // Bounded by inactivity, not by total time: an upload may rightly take minutes,
+            // but a connection nothing wakes for `IDLE_TIMEOUT` (the upstream stopped reading,
+            // the client stopped sending) is dropped.
+            let idle = tokio::time::sleep(IDLE_TIMEOUT);
+            let mut idle = std::pin::pin!(idle);
             let finished = poll_fn(|cx| {
-                conn.poll(cx, |c, cx| {
+                if idle.is_elapsed() {
+                    return Poll::Ready(false);
+                }
+                let r = conn.poll(cx, |c, cx| {
                     if !c.drive(cx) {
                         return Poll::Ready(false);
                     }
                     c.sender.poll_ready(cx).map(|r| r.is_ok())
-                })
-            });
-            if let Ok(true) = tokio::time::timeout(IDLE_TIMEOUT, finished).await {
+                });
+                if r.is_pending() {
+                    // Woken by the connection (it moved data or signalled): the clock restarts.
+                    idle.as_mut()
+                        .reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
+                    if idle.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(false);
+                    }
+                }
+                r
+            })
+            .await;
+            if finished {
                 pool.put(authority, conn);
             }
         });
