@@ -5,6 +5,7 @@
 
 pub mod authz;
 pub mod circuit_breaker;
+pub mod handles;
 pub mod labels;
 pub mod load_shed;
 pub mod metrics;

@@ -15,27 +15,31 @@
 //! HTTP/2 and upgrades (WebSocket) stay on hyper-util's client: an HTTP/2 connection is shared
 //! by concurrent requests, and an upgraded connection outlives its request.
 
+mod body;
+mod conn;
+
 use std::future::{poll_fn, Future};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
-use http_body::{Body as _, Frame, SizeHint};
-use hyper::body::Incoming;
 use hyper::client::conn::http1;
 
+pub use self::body::PooledBody;
+use self::conn::Conn;
 use super::body::Body;
-use super::connect::{Connector, UpstreamIo};
+use super::connect::Connector;
 use crate::error::BoxError;
 
-/// How long an idle connection is kept (the same as the HTTP/2 client's pool).
+/// How long an idle connection is kept, here and in hyper-util's pool (HTTP/2). Shorter than
+/// the keep-alive of common app servers would be safest, but sidecars talk to many stacks:
+/// a middle value, with a retry of requests that hit a connection the server closed before
+/// the request was written.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Idle connections kept per address.
+/// Idle connections kept per address: enough for bursts on 2 cores without hoarding fds.
 pub const MAX_IDLE_PER_ADDRESS: usize = 64;
 
 /// Why a request could not be exchanged.
@@ -76,125 +80,6 @@ impl std::error::Error for SendError {
 pub struct Failure {
     pub error: SendError,
     pub unsent: Option<Request<Body>>,
-}
-
-/// One connection: the request handle and the connection future that does its I/O.
-struct Conn {
-    sender: http1::SendRequest<Body>,
-    driver: Pin<Box<http1::Connection<UpstreamIo, Body>>>,
-    closed: bool,
-    relay: Arc<Relay>,
-    relay_waker: Waker,
-}
-
-/// The waker every part of a connection is polled with. hyper's client signals its own
-/// progress through it (request queued, response ready, body data wanted, connection idle);
-/// when the connection is polled in the request's task those signals fire while that task is
-/// already polling, and each would schedule one more poll of the whole downstream connection
-/// for nothing (measured: 5 polls per request instead of 2). While the owner polls, a signal
-/// is only noted, and the owner polls the connection again at once; outside (socket
-/// readiness, from the I/O driver) it wakes the owner's task.
-struct Relay {
-    task: Mutex<Option<Waker>>,
-    state: AtomicU8,
-}
-
-const POLLING: u8 = 1;
-const SIGNALLED: u8 = 2;
-
-impl Relay {
-    fn new() -> Arc<Self> {
-        Arc::new(Self {
-            task: Mutex::new(None),
-            state: AtomicU8::new(0),
-        })
-    }
-
-    fn begin(&self, task: &Waker) {
-        if let Ok(mut t) = self.task.lock() {
-            if !t.as_ref().is_some_and(|w| w.will_wake(task)) {
-                *t = Some(task.clone());
-            }
-        }
-        self.state.store(POLLING, Ordering::Release);
-    }
-
-    /// Note signals without waking anyone until `end`, for a caller about to poll anyway.
-    fn mute(&self) {
-        self.state.store(POLLING, Ordering::Release);
-    }
-
-    /// Whether the connection signalled itself since `begin`.
-    fn end(&self) -> bool {
-        self.state.swap(0, Ordering::AcqRel) & SIGNALLED != 0
-    }
-}
-
-impl std::task::Wake for Relay {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        if self.state.fetch_or(SIGNALLED, Ordering::AcqRel) & POLLING != 0 {
-            return;
-        }
-        if let Ok(t) = self.task.lock() {
-            if let Some(w) = t.as_ref() {
-                w.wake_by_ref();
-            }
-        }
-    }
-}
-
-/// Rounds of polling in one `Conn::poll` before handing back to the scheduler.
-const MAX_ROUNDS: usize = 8;
-
-impl Conn {
-    fn new(sender: http1::SendRequest<Body>, driver: http1::Connection<UpstreamIo, Body>) -> Self {
-        let relay = Relay::new();
-        Self {
-            sender,
-            driver: Box::pin(driver),
-            closed: false,
-            relay_waker: Waker::from(relay.clone()),
-            relay,
-        }
-    }
-
-    /// Run `f` on this connection with the relay's waker, again while the connection
-    /// signalled itself meanwhile (see [`Relay`]).
-    fn poll<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        mut f: impl FnMut(&mut Self, &mut Context<'_>) -> Poll<T>,
-    ) -> Poll<T> {
-        let waker = self.relay_waker.clone();
-        let mut rcx = Context::from_waker(&waker);
-        for _ in 0..MAX_ROUNDS {
-            self.relay.begin(cx.waker());
-            let r = f(self, &mut rcx);
-            let signalled = self.relay.end();
-            if r.is_ready() || !signalled {
-                return r;
-            }
-        }
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-
-    /// Let the connection do its I/O. False once it has closed (the future completed).
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.closed && self.driver.as_mut().poll(cx).is_ready() {
-            self.closed = true;
-        }
-        !self.closed
-    }
-
-    /// Ready for a new request right now (open, and the previous exchange fully done)?
-    fn ready_now(&mut self, cx: &mut Context<'_>) -> bool {
-        self.drive(cx) && matches!(self.sender.poll_ready(cx), Poll::Ready(Ok(())))
-    }
 }
 
 struct Idle {
@@ -347,6 +232,8 @@ impl H1Pool {
             .handshake(io)
             .await
             .map_err(|e| SendError::Connect(e.into()))?;
+        // From the first connection on, idle ones need sweeping.
+        self.start_sweeper();
         Ok(Conn::new(sender, driver))
     }
 
@@ -363,7 +250,6 @@ impl H1Pool {
                 });
             }
         }
-        self.start_sweeper();
     }
 
     /// Close idle connections past [`IDLE_TIMEOUT`] or closed by the upstream, every half
@@ -415,126 +301,6 @@ fn origin_form(uri: &mut Uri) {
         _ => Uri::default(),
     };
     *uri = path;
-}
-
-/// A response body that drives its connection while it is read and returns the connection to
-/// the pool at its end. Dropped before the end, it closes the connection (its framing is
-/// unknown from there on).
-pub struct PooledBody {
-    incoming: Incoming,
-    conn: Option<Conn>,
-    pool: H1Pool,
-    authority: Authority,
-}
-
-impl PooledBody {
-    /// The response is complete: the connection goes back to the pool once the exchange is
-    /// over. Usually it is at once; but an upstream may answer before it has read the request
-    /// body (RFC 9110 allows it; streaming ingesters do it), and then the connection is still
-    /// sending that body, which only happens while someone polls it: a task of its own does,
-    /// until the connection is ready for the next request (or closes, or idles too long).
-    fn release(&mut self) {
-        let Some(mut conn) = self.conn.take() else {
-            return;
-        };
-        let ready = conn.poll(&mut Context::from_waker(Waker::noop()), |c, cx| {
-            Poll::Ready(c.ready_now(cx))
-        });
-        if matches!(ready, Poll::Ready(true)) {
-            self.pool.put(self.authority.clone(), conn);
-            return;
-        }
-        if conn.closed {
-            return;
-        }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let (pool, authority) = (self.pool.clone(), self.authority.clone());
-        rt.spawn(async move {
-            // Bounded by inactivity, not by total time: an upload may rightly take minutes,
-            // but a connection nothing wakes for `IDLE_TIMEOUT` (the upstream stopped reading,
-            // the client stopped sending) is dropped.
-            let idle = tokio::time::sleep(IDLE_TIMEOUT);
-            let mut idle = std::pin::pin!(idle);
-            let finished = poll_fn(|cx| {
-                if idle.is_elapsed() {
-                    return Poll::Ready(false);
-                }
-                let r = conn.poll(cx, |c, cx| {
-                    if !c.drive(cx) {
-                        return Poll::Ready(false);
-                    }
-                    c.sender.poll_ready(cx).map(|r| r.is_ok())
-                });
-                if r.is_pending() {
-                    // Woken by the connection (it moved data or signalled): the clock restarts.
-                    idle.as_mut()
-                        .reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
-                    if idle.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(false);
-                    }
-                }
-                r
-            })
-            .await;
-            if finished {
-                pool.put(authority, conn);
-            }
-        });
-    }
-}
-
-impl http_body::Body for PooledBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let incoming = &mut this.incoming;
-        let frame = match &mut this.conn {
-            // The connection reads only as far as the body is wanted: poll the body (which
-            // says it wants data), then let the connection read, then the body again.
-            Some(conn) => conn.poll(cx, |conn, cx| {
-                match Pin::new(&mut *incoming).poll_frame(cx) {
-                    Poll::Pending => {
-                        conn.drive(cx);
-                        Pin::new(&mut *incoming).poll_frame(cx)
-                    }
-                    ready => ready,
-                }
-            }),
-            None => Pin::new(&mut *incoming).poll_frame(cx),
-        };
-        match &frame {
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.incoming.is_end_stream() => this.release(),
-            Poll::Ready(Some(Err(_))) => this.conn = None,
-            _ => {}
-        }
-        frame.map_err(Into::into)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.incoming.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.incoming.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        // A body nobody reads to its end (HEAD, 204, or a downstream that stopped reading
-        // because the length was reached) may still be complete.
-        if self.incoming.is_end_stream() {
-            self.release();
-        }
-    }
 }
 
 #[cfg(test)]

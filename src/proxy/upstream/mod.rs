@@ -3,6 +3,8 @@
 //! TLS peers) so gRPC trailers survive; HTTP/1 requests go out as HTTP/1.1. Upgrades
 //! (WebSocket) are tunnelled byte for byte once both sides switched protocols.
 
+mod route;
+
 use foldhash::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -16,20 +18,12 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::body::{self, Body, BodyEnd, Observed, OnEnd};
 use super::connect::Connector;
-use super::pool::{Failure, H1Pool};
+use super::pool::{self, H1Pool};
 use super::stack::Deadline;
 use super::{headers, Dest, Direction};
 use crate::error::{BoxError, ProxyError, UpstreamFailure};
 use crate::layers::metrics::{ClientLabels, ErrorType, HttpMetrics, Method, UpstreamTiming};
-
-/// How long an idle pooled connection is kept. Shorter than the keep-alive of common app
-/// servers (Node's 5s is the shortest in wide use... but sidecars talk to many stacks), so we
-/// pick a middle value and rely on hyper's retry of requests that hit a connection the server
-/// closed before the request was written.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Idle connections kept per destination: enough for bursts on 2 cores without hoarding fds.
-const POOL_MAX_IDLE_PER_HOST: usize = 64;
+use route::{shared, Failed, UpstreamBody, Via};
 
 /// When a request goes to its destination over HTTP/2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,8 +88,8 @@ impl Forward {
         metrics: Arc<HttpMetrics>,
     ) -> Self {
         let mut b = Client::builder(TokioExecutor::new());
-        b.pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+        b.pool_idle_timeout(pool::IDLE_TIMEOUT)
+            .pool_max_idle_per_host(pool::MAX_IDLE_PER_ADDRESS)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new());
         let alpn = connector.is_tls();
@@ -103,7 +97,7 @@ impl Forward {
         let h1_tls = b.build(connector.clone().http1_only());
         let auto_builder = b.clone();
         let mut b2 = Client::builder(TokioExecutor::new());
-        b2.pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        b2.pool_idle_timeout(pool::IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .http2_only(true)
@@ -137,123 +131,6 @@ impl Forward {
             inner.body_idle_timeout = d;
         }
         self
-    }
-}
-
-/// How one request reaches its upstream.
-enum Via<'a> {
-    Pool(H1Pool),
-    Client(&'a Client<Connector, Body>),
-    PeerClient(Box<Client<Connector, Body>>),
-}
-
-/// A response body from either kind of client.
-enum UpstreamBody {
-    Pooled(super::pool::PooledBody),
-    Shared(hyper::body::Incoming),
-}
-
-impl http_body::Body for UpstreamBody {
-    type Data = bytes::Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
-        match self.get_mut() {
-            Self::Pooled(b) => std::pin::Pin::new(b).poll_frame(cx),
-            Self::Shared(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Pooled(b) => b.is_end_stream(),
-            Self::Shared(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        match self {
-            Self::Pooled(b) => b.size_hint(),
-            Self::Shared(b) => b.size_hint(),
-        }
-    }
-}
-
-fn shared(
-    r: Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
-) -> Result<Response<UpstreamBody>, Failed> {
-    r.map(|r| r.map(UpstreamBody::Shared))
-        .map_err(Failed::Client)
-}
-
-/// An exchange that failed, from either kind of client.
-enum Failed {
-    Pool(Box<Failure>),
-    Client(hyper_util::client::legacy::Error),
-}
-
-impl Inner {
-    /// The client for an HTTP/1.1 exchange (`upgrade`: the request asks to switch protocols).
-    fn route(&self, dest: &Dest, h2_caller: bool, upgrade: bool) -> Via<'_> {
-        // A TLS peer gets ALPN with h2 for HTTP/2 callers (hyper-util's auto client shares an
-        // h2 connection); upgraded connections leave the pool for good.
-        let pooled = !(upgrade || (self.alpn && h2_caller));
-        match (&dest.identity, self.alpn) {
-            (Some(id), true) if pooled => Via::Pool(self.pool_for_identity(id)),
-            (Some(id), true) => Via::PeerClient(Box::new(self.for_identity(id, h2_caller))),
-            (_, true) if pooled => Via::Pool(self.pool_tls.clone()),
-            (_, true) if !h2_caller => Via::Client(&self.h1_tls),
-            (_, false) if pooled => Via::Pool(self.pool_plain.clone()),
-            _ => Via::Client(&self.h1),
-        }
-    }
-
-    /// The HTTP/1.1 pool for a TLS peer expected to present `identity`.
-    fn pool_for_identity(&self, identity: &Arc<str>) -> H1Pool {
-        if let Some(p) = self
-            .pools_by_identity
-            .read()
-            .ok()
-            .and_then(|m| m.get(identity).cloned())
-        {
-            return p;
-        }
-        let pool = H1Pool::new(
-            self.connector
-                .clone()
-                .expecting(identity.clone())
-                .http1_only(),
-        );
-        if let Ok(mut m) = self.pools_by_identity.write() {
-            return m.entry(identity.clone()).or_insert(pool).clone();
-        }
-        pool
-    }
-
-    /// The pooled client for a TLS peer expected to present `identity`.
-    fn for_identity(&self, identity: &Arc<str>, h2: bool) -> Client<Connector, Body> {
-        let key = (identity.clone(), h2);
-        if let Some(c) = self
-            .by_identity
-            .read()
-            .ok()
-            .and_then(|m| m.get(&key).cloned())
-        {
-            return c;
-        }
-        let connector = self.connector.clone().expecting(identity.clone());
-        let client = self.auto_builder.build(if h2 {
-            connector
-        } else {
-            connector.http1_only()
-        });
-        if let Ok(mut m) = self.by_identity.write() {
-            return m.entry(key).or_insert(client).clone();
-        }
-        client
     }
 }
 

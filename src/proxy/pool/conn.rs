@@ -1,0 +1,129 @@
+//! One pooled connection and the waker it is polled with.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use futures_util::task::AtomicWaker;
+use hyper::client::conn::http1;
+
+use crate::proxy::body::Body;
+use crate::proxy::connect::UpstreamIo;
+
+/// One connection: the request handle and the connection future that does its I/O.
+pub(super) struct Conn {
+    pub(super) sender: http1::SendRequest<Body>,
+    driver: Pin<Box<http1::Connection<UpstreamIo, Body>>>,
+    pub(super) closed: bool,
+    pub(super) relay: Arc<Relay>,
+    relay_waker: Waker,
+}
+
+/// The waker every part of a connection is polled with. hyper's client signals its own
+/// progress through it (request queued, response ready, body data wanted, connection idle);
+/// when the connection is polled in the request's task those signals fire while that task is
+/// already polling, and each would schedule one more poll of the whole downstream connection
+/// for nothing (measured: 5 polls per request instead of 2). While the owner polls, a signal
+/// is only noted, and the owner polls the connection again at once; outside (socket
+/// readiness, from the I/O driver) it wakes the owner's task.
+pub(super) struct Relay {
+    task: AtomicWaker,
+    state: AtomicU8,
+}
+
+const POLLING: u8 = 1;
+const SIGNALLED: u8 = 2;
+
+impl Relay {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            task: AtomicWaker::new(),
+            state: AtomicU8::new(0),
+        })
+    }
+
+    fn begin(&self, task: &Waker) {
+        // Lock-free; clones the waker only when the owner changed.
+        self.task.register(task);
+        self.state.store(POLLING, Ordering::Release);
+    }
+
+    /// Note signals without waking anyone until `end`, for a caller about to poll anyway.
+    pub(super) fn mute(&self) {
+        self.state.store(POLLING, Ordering::Release);
+    }
+
+    /// Whether the connection signalled itself since `begin`.
+    pub(super) fn end(&self) -> bool {
+        self.state.swap(0, Ordering::AcqRel) & SIGNALLED != 0
+    }
+}
+
+impl std::task::Wake for Relay {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.state.fetch_or(SIGNALLED, Ordering::AcqRel) & POLLING != 0 {
+            return;
+        }
+        // Takes the waker: the owner registers again when it polls, which this schedules.
+        self.task.wake();
+    }
+}
+
+/// Rounds of polling in one `Conn::poll` before handing back to the scheduler.
+const MAX_ROUNDS: usize = 8;
+
+impl Conn {
+    pub(super) fn new(
+        sender: http1::SendRequest<Body>,
+        driver: http1::Connection<UpstreamIo, Body>,
+    ) -> Self {
+        let relay = Relay::new();
+        Self {
+            sender,
+            driver: Box::pin(driver),
+            closed: false,
+            relay_waker: Waker::from(relay.clone()),
+            relay,
+        }
+    }
+
+    /// Run `f` on this connection with the relay's waker, again while the connection
+    /// signalled itself meanwhile (see [`Relay`]).
+    pub(super) fn poll<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut f: impl FnMut(&mut Self, &mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        let waker = self.relay_waker.clone();
+        let mut rcx = Context::from_waker(&waker);
+        for _ in 0..MAX_ROUNDS {
+            self.relay.begin(cx.waker());
+            let r = f(self, &mut rcx);
+            let signalled = self.relay.end();
+            if r.is_ready() || !signalled {
+                return r;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Let the connection do its I/O. False once it has closed (the future completed).
+    pub(super) fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.closed && self.driver.as_mut().poll(cx).is_ready() {
+            self.closed = true;
+        }
+        !self.closed
+    }
+
+    /// Ready for a new request right now (open, and the previous exchange fully done)?
+    pub(super) fn ready_now(&mut self, cx: &mut Context<'_>) -> bool {
+        self.drive(cx) && matches!(self.sender.poll_ready(cx), Poll::Ready(Ok(())))
+    }
+}

@@ -1,0 +1,133 @@
+//! Which client carries a request: our HTTP/1.1 pools (plain, TLS, one per expected peer
+//! identity) or hyper-util's client (HTTP/2, upgrades), and the body and error types that
+//! hide the difference from `Forward`.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::Response;
+use hyper_util::client::legacy::Client;
+
+use super::Inner;
+use crate::error::BoxError;
+use crate::proxy::body::Body;
+use crate::proxy::connect::Connector;
+use crate::proxy::pool::{Failure, H1Pool};
+use crate::proxy::Dest;
+
+/// How one request reaches its upstream.
+pub(super) enum Via<'a> {
+    Pool(H1Pool),
+    Client(&'a Client<Connector, Body>),
+    PeerClient(Box<Client<Connector, Body>>),
+}
+
+/// A response body from either kind of client.
+pub(super) enum UpstreamBody {
+    Pooled(super::pool::PooledBody),
+    Shared(hyper::body::Incoming),
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Pooled(b) => std::pin::Pin::new(b).poll_frame(cx),
+            Self::Shared(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Pooled(b) => b.is_end_stream(),
+            Self::Shared(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Self::Pooled(b) => b.size_hint(),
+            Self::Shared(b) => b.size_hint(),
+        }
+    }
+}
+
+pub(super) fn shared(
+    r: Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
+) -> Result<Response<UpstreamBody>, Failed> {
+    r.map(|r| r.map(UpstreamBody::Shared))
+        .map_err(Failed::Client)
+}
+
+/// An exchange that failed, from either kind of client.
+pub(super) enum Failed {
+    Pool(Box<Failure>),
+    Client(hyper_util::client::legacy::Error),
+}
+
+impl Inner {
+    /// The client for an HTTP/1.1 exchange (`upgrade`: the request asks to switch protocols).
+    pub(super) fn route(&self, dest: &Dest, h2_caller: bool, upgrade: bool) -> Via<'_> {
+        // A TLS peer gets ALPN with h2 for HTTP/2 callers (hyper-util's auto client shares an
+        // h2 connection); upgraded connections leave the pool for good.
+        let pooled = !(upgrade || (self.alpn && h2_caller));
+        match (&dest.identity, self.alpn) {
+            (Some(id), true) if pooled => Via::Pool(self.pool_for_identity(id)),
+            (Some(id), true) => Via::PeerClient(Box::new(self.for_identity(id, h2_caller))),
+            (_, true) if pooled => Via::Pool(self.pool_tls.clone()),
+            (_, true) if !h2_caller => Via::Client(&self.h1_tls),
+            (_, false) if pooled => Via::Pool(self.pool_plain.clone()),
+            _ => Via::Client(&self.h1),
+        }
+    }
+
+    /// The HTTP/1.1 pool for a TLS peer expected to present `identity`.
+    fn pool_for_identity(&self, identity: &Arc<str>) -> H1Pool {
+        if let Some(p) = self
+            .pools_by_identity
+            .read()
+            .ok()
+            .and_then(|m| m.get(identity).cloned())
+        {
+            return p;
+        }
+        let pool = H1Pool::new(
+            self.connector
+                .clone()
+                .expecting(identity.clone())
+                .http1_only(),
+        );
+        if let Ok(mut m) = self.pools_by_identity.write() {
+            return m.entry(identity.clone()).or_insert(pool).clone();
+        }
+        pool
+    }
+
+    /// The pooled client for a TLS peer expected to present `identity`.
+    fn for_identity(&self, identity: &Arc<str>, h2: bool) -> Client<Connector, Body> {
+        let key = (identity.clone(), h2);
+        if let Some(c) = self
+            .by_identity
+            .read()
+            .ok()
+            .and_then(|m| m.get(&key).cloned())
+        {
+            return c;
+        }
+        let connector = self.connector.clone().expecting(identity.clone());
+        let client = self.auto_builder.build(if h2 {
+            connector
+        } else {
+            connector.http1_only()
+        });
+        if let Ok(mut m) = self.by_identity.write() {
+            return m.entry(key).or_insert(client).clone();
+        }
+        client
+    }
+}
