@@ -33,10 +33,7 @@ impl PooledBody {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
-        let ready = conn.poll(&mut Context::from_waker(Waker::noop()), |c, cx| {
-            Poll::Ready(c.ready_now(cx))
-        });
-        if matches!(ready, Poll::Ready(true)) {
+        if conn.ready_settled(&mut Context::from_waker(Waker::noop())) {
             self.pool.put(self.authority.clone(), conn);
             return;
         }

@@ -59,6 +59,17 @@ impl Relay {
     pub(super) fn end(&self) -> bool {
         self.state.swap(0, Ordering::AcqRel) & SIGNALLED != 0
     }
+
+    /// Keep a signal noted after the poll that saw it, for `quiet`.
+    fn note(&self) {
+        self.state.fetch_or(SIGNALLED, Ordering::AcqRel);
+    }
+
+    /// Nothing woke the connection since it was last polled to a settled state: no socket
+    /// event (data, EOF, error) and no signal of its own that is still to be handled.
+    pub(super) fn quiet(&self) -> bool {
+        self.state.load(Ordering::Acquire) & SIGNALLED == 0
+    }
 }
 
 impl std::task::Wake for Relay {
@@ -107,11 +118,38 @@ impl Conn {
             let r = f(self, &mut rcx);
             let signalled = self.relay.end();
             if r.is_ready() || !signalled {
+                if signalled {
+                    self.relay.note();
+                }
                 return r;
             }
         }
+        self.relay.note();
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// Whether the connection can take a new request now, polled until it stops signalling
+    /// itself. Every poll of an idle connection goes through here, with the relay's waker,
+    /// so a later socket event marks the relay: while `relay.quiet()`, the answer still holds
+    /// and checkout need not poll again.
+    pub(super) fn ready_settled(&mut self, cx: &mut Context<'_>) -> bool {
+        let waker = self.relay_waker.clone();
+        let mut rcx = Context::from_waker(&waker);
+        for _ in 0..MAX_ROUNDS {
+            self.relay.begin(cx.waker());
+            let ready = self.ready_now(&mut rcx);
+            let signalled = self.relay.end();
+            if !ready {
+                return false;
+            }
+            if !signalled {
+                return true;
+            }
+        }
+        // Still busy with itself: ready, but the next checkout polls it again.
+        self.relay.note();
+        true
     }
 
     /// Let the connection do its I/O. False once it has closed (the future completed).
@@ -123,7 +161,7 @@ impl Conn {
     }
 
     /// Ready for a new request right now (open, and the previous exchange fully done)?
-    pub(super) fn ready_now(&mut self, cx: &mut Context<'_>) -> bool {
+    fn ready_now(&mut self, cx: &mut Context<'_>) -> bool {
         self.drive(cx) && matches!(self.sender.poll_ready(cx), Poll::Ready(Ok(())))
     }
 }

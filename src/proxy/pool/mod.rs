@@ -203,14 +203,12 @@ impl H1Pool {
                 continue;
             }
             let mut conn = idle.conn;
-            let ready = poll_fn(
-                |cx| match conn.poll(cx, |c, cx| Poll::Ready(c.ready_now(cx))) {
-                    Poll::Ready(ready) => Poll::Ready(ready),
-                    Poll::Pending => Poll::Ready(false),
-                },
-            )
-            .await;
-            if ready {
+            // Nothing happened on it since it was found ready (the common case): no need to
+            // poll it again.
+            if conn.relay.quiet() && !conn.sender.is_closed() {
+                return Some(conn);
+            }
+            if poll_fn(|cx| Poll::Ready(conn.ready_settled(cx))).await {
                 return Some(conn);
             }
             // Closed by the upstream while idle: not usable, dropped.
@@ -280,11 +278,14 @@ impl Shared {
         let Ok(mut map) = self.idle.lock() else {
             return;
         };
-        // Nobody waits on an idle connection: polling it with a no-op waker only lets it
-        // notice the upstream's close.
+        // Nobody waits on an idle connection: polling it (with the relay's waker inside, see
+        // `Conn::ready_settled`) only lets it notice the upstream's close.
         let mut cx = Context::from_waker(Waker::noop());
         map.retain(|_, list| {
-            list.retain_mut(|i| i.since.elapsed() < IDLE_TIMEOUT && i.conn.drive(&mut cx));
+            list.retain_mut(|i| {
+                i.since.elapsed() < IDLE_TIMEOUT
+                    && (i.conn.relay.quiet() || i.conn.ready_settled(&mut cx))
+            });
             !list.is_empty()
         });
     }
