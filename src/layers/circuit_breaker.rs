@@ -10,14 +10,14 @@
 //! taken only while the circuit is not closed or when a failure may open it, never across an
 //! await.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
 use http::{Request, Response};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -346,7 +346,7 @@ pub struct Breaker<S> {
 }
 
 /// Settles a permit exactly once: with the outcome, or as released if dropped first.
-struct Settle {
+pub struct Settle {
     breaker: Arc<CircuitBreaker>,
     permit: Option<Permit>,
 }
@@ -359,26 +359,61 @@ impl Drop for Settle {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// The call through a breaker: passed straight through (no breakers configured), refused
+    /// (circuit open), or tracked until its response headers settle the permit.
+    #[project = BreakerProj]
+    pub enum BreakerFuture<F> {
+        Pass { #[pin] inner: F },
+        Tracked { #[pin] inner: F, settle: Settle },
+        Open { error: Option<BoxError> },
+    }
+}
+
+impl<F> Future for BreakerFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, BoxError>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        match self.project() {
+            BreakerProj::Pass { inner } => inner.poll(cx),
+            BreakerProj::Tracked { inner, settle } => {
+                let res = std::task::ready!(inner.poll(cx));
+                let outcome = match &res {
+                    Ok(resp) => Some(classify::response(resp.status())),
+                    Err(e) => classify::error(kind_of(e.as_ref())),
+                };
+                if let (Some(outcome), Some(permit)) = (outcome, settle.permit.take()) {
+                    settle.breaker.record(permit, outcome);
+                }
+                Poll::Ready(res)
+            }
+            BreakerProj::Open { error } => Poll::Ready(Err(error
+                .take()
+                .expect("BreakerFuture polled after completion"))),
+        }
+    }
+}
+
 impl<S> tower::Service<Request<Body>> for Breaker<S>
 where
     S: tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError>,
-    S::Future: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = futures_util::future::Either<
-        S::Future,
-        BoxFuture<'static, Result<Response<Body>, BoxError>>,
-    >;
+    type Future = BreakerFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        use futures_util::future::Either;
         let Some(breakers) = &self.breakers else {
-            return Either::Left(self.inner.call(req));
+            return BreakerFuture::Pass {
+                inner: self.inner.call(req),
+            };
         };
         let breaker = match req.extensions().get::<Dest>() {
             Some(d) => breakers.get(d.authority.as_str(), d.label),
@@ -387,28 +422,22 @@ where
         let permit = match breaker.acquire() {
             Ok(p) => p,
             Err(wait) => {
-                return Either::Right(Box::pin(std::future::ready(Err(ProxyError::new(
-                    ErrorKind::CircuitOpen,
-                )
-                .with_detail("the upstream is failing; not sent")
-                .with_retry_after(wait)
-                .into()))))
+                return BreakerFuture::Open {
+                    error: Some(
+                        ProxyError::new(ErrorKind::CircuitOpen)
+                            .with_detail("the upstream is failing; not sent")
+                            .with_retry_after(wait)
+                            .into(),
+                    ),
+                }
             }
         };
-        let fut = self.inner.call(req);
-        let mut settle = Settle {
-            breaker,
-            permit: Some(permit),
-        };
-        Either::Right(Box::pin(fut.map(move |res| {
-            let outcome = match &res {
-                Ok(resp) => Some(classify::response(resp.status())),
-                Err(e) => classify::error(kind_of(e.as_ref())),
-            };
-            if let (Some(outcome), Some(permit)) = (outcome, settle.permit.take()) {
-                settle.breaker.record(permit, outcome);
-            }
-            res
-        })))
+        BreakerFuture::Tracked {
+            inner: self.inner.call(req),
+            settle: Settle {
+                breaker,
+                permit: Some(permit),
+            },
+        }
     }
 }

@@ -4,13 +4,13 @@
 //! moment it enters until its response body ends (streamed downloads hold capacity too), or
 //! until it is abandoned; a drop guard settles the count in every case.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
-use futures_util::TryFutureExt;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use prometheus_client::metrics::counter::Counter;
@@ -97,14 +97,46 @@ pub struct Shed<S> {
     layer: LoadShedLayer,
 }
 
+pin_project_lite::pin_project! {
+    /// An admitted call holds its in-flight slot until its response body ends (the guard
+    /// moves into the body), or until the call fails or is abandoned; a refused one answers
+    /// `overloaded`.
+    #[project = ShedProj]
+    pub enum ShedFuture<F> {
+        Admitted { #[pin] inner: F, guard: Option<InFlight> },
+        Refused { error: Option<BoxError> },
+    }
+}
+
+impl<F> Future for ShedFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, BoxError>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        match self.project() {
+            ShedProj::Admitted { inner, guard } => {
+                let resp = std::task::ready!(inner.poll(cx))?;
+                Poll::Ready(Ok(match guard.take() {
+                    Some(guard) => resp.map(|b| Observed::new(b, guard).boxed_unsync()),
+                    None => resp,
+                }))
+            }
+            ShedProj::Refused { error } => Poll::Ready(Err(error
+                .take()
+                .expect("ShedFuture polled after completion"))),
+        }
+    }
+}
+
 impl<S> tower::Service<Request<Body>> for Shed<S>
 where
     S: tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError>,
-    S::Future: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response<Body>, BoxError>>;
+    type Future = ShedFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -113,21 +145,19 @@ where
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let Some(guard) = self.layer.shed.try_acquire() else {
             self.layer.counter.inc();
-            return Box::pin(std::future::ready(Err(ProxyError::new(
-                ErrorKind::Overloaded,
-            )
-            .with_detail("too many requests in flight")
-            .with_retry_after(SHED_RETRY_AFTER)
-            .into())));
+            return ShedFuture::Refused {
+                error: Some(
+                    ProxyError::new(ErrorKind::Overloaded)
+                        .with_detail("too many requests in flight")
+                        .with_retry_after(SHED_RETRY_AFTER)
+                        .into(),
+                ),
+            };
         };
-        // The guard moves into the body: released when the body ends or is dropped, or with
-        // this future if the call fails or is abandoned. (A combinator, not an async block:
-        // rustc cannot prove an async block holding `S::Future` is Send for every lifetime.)
-        Box::pin(
-            self.inner
-                .call(req)
-                .map_ok(move |resp| resp.map(|b| Observed::new(b, guard).boxed_unsync())),
-        )
+        ShedFuture::Admitted {
+            inner: self.inner.call(req),
+            guard: Some(guard),
+        }
     }
 }
 

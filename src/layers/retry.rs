@@ -13,11 +13,13 @@
 //! the path, approximate under races, which a budget can afford. A response that needed
 //! retries carries `ResendCount` (OpenTelemetry `http.request.resend_count`) in its extensions.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_util::future::{BoxFuture, Either};
+use futures_util::future::BoxFuture;
 use http::{Method, Request, Response};
 use tower::ServiceExt;
 
@@ -207,6 +209,101 @@ pub struct Retry<S> {
     layer: RetryLayer,
 }
 
+pin_project_lite::pin_project! {
+    /// A call that may be retried. The first attempt is polled in place; only a request that
+    /// is actually sent again moves to a boxed loop (rare: connect failures).
+    #[project = RetryProj]
+    pub enum RetryFuture<F, S> {
+        Once { #[pin] inner: F },
+        First { #[pin] first: F, ctx: Option<Resend<S>> },
+        Again { again: BoxFuture<'static, Result<Response<Body>, BoxError>> },
+    }
+}
+
+/// What a retry needs: the service, the policy, the head of an HTTP/2 request and when the
+/// first attempt started.
+pub struct Resend<S> {
+    inner: S,
+    layer: RetryLayer,
+    template: Option<Request<()>>,
+    started: std::time::Instant,
+}
+
+impl<S> Resend<S> {
+    /// The request to send again after `e`, if the policy and the budget allow it.
+    fn next(&self, e: BoxError, attempt: u32) -> Result<Request<Body>, BoxError> {
+        let (e, back) = Unsent::take(e);
+        let again = back.or_else(|| self.template.as_ref().map(|t| copy(t, body::empty())));
+        match again {
+            Some(again)
+                if attempt < self.layer.max
+                    && never_sent(&e)
+                    && self.layer.budget.try_withdraw() =>
+            {
+                tracing::debug!(attempt = attempt + 1, error = %e, "retrying a request that was never sent");
+                Ok(again)
+            }
+            _ => Err(e),
+        }
+    }
+}
+
+impl<F, S> Future for RetryFuture<F, S>
+where
+    F: Future<Output = Result<Response<Body>, BoxError>>,
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        loop {
+            let again = match self.as_mut().project() {
+                RetryProj::Once { inner } => return inner.poll(cx),
+                RetryProj::Again { again } => return again.as_mut().poll(cx),
+                RetryProj::First { first, ctx } => {
+                    let e = match std::task::ready!(first.poll(cx)) {
+                        Ok(resp) => return Poll::Ready(Ok(resp)),
+                        Err(e) => e,
+                    };
+                    let ctx = ctx.take().expect("RetryFuture polled after completion");
+                    match ctx.next(e, 0) {
+                        Ok(req) => Box::pin(resend(ctx, req)),
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
+            };
+            self.set(RetryFuture::Again { again });
+        }
+    }
+}
+
+/// The attempts after the first, each once the service is ready again.
+async fn resend<S>(mut ctx: Resend<S>, mut req: Request<Body>) -> Result<Response<Body>, BoxError>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    let mut attempt = 1u32;
+    loop {
+        let svc = ctx.inner.ready().await?;
+        match boxed_call(svc, req).await {
+            Ok(mut resp) => {
+                resp.extensions_mut().insert(ResendCount(attempt));
+                // The failed attempts were time spent on the upstream, not in the proxy: the
+                // overhead metric subtracts all of it.
+                resp.extensions_mut()
+                    .insert(crate::layers::metrics::UpstreamTiming(
+                        ctx.started.elapsed(),
+                    ));
+                return Ok(resp);
+            }
+            Err(e) => req = ctx.next(e, attempt)?,
+        }
+        attempt += 1;
+    }
+}
+
 impl<S> tower::Service<Request<Body>> for Retry<S>
 where
     S: tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError>
@@ -217,7 +314,7 @@ where
 {
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = Either<S::Future, BoxFuture<'static, Result<Response<Body>, BoxError>>>;
+    type Future = RetryFuture<S::Future, S>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -225,62 +322,41 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         if self.layer.max == 0 {
-            return Either::Left(self.inner.call(req));
+            return RetryFuture::Once {
+                inner: self.inner.call(req),
+            };
         }
         self.layer.budget.deposit();
         if !replayable(&req) {
-            return Either::Left(self.inner.call(req));
+            return RetryFuture::Once {
+                inner: self.inner.call(req),
+            };
         }
+        let started = std::time::Instant::now();
         // HTTP/1.1 exchanges hand a request that was never sent back in their error
         // (`Unsent`); an HTTP/2 request may go out over hyper-util's client, which cannot,
         // so its head (the body is empty) is copied for the next attempts.
         let (template, first) = if req.version() == http::Version::HTTP_2 {
             let (parts, body) = req.into_parts();
             let template = Request::from_parts(parts, ());
-            let first = boxed_call(&mut self.inner, copy(&template, body));
+            let first = self.inner.call(copy(&template, body));
             (Some(template), first)
         } else {
-            (None, boxed_call(&mut self.inner, req))
+            (None, self.inner.call(req))
         };
-        let mut inner = self.inner.clone();
-        let layer = self.layer.clone();
-        Either::Right(Box::pin(async move {
-            let mut attempt = 0u32;
-            let started = std::time::Instant::now();
-            let mut res = first.await;
-            loop {
-                match res {
-                    Err(e) => {
-                        let (e, back) = Unsent::take(e);
-                        let again =
-                            back.or_else(|| template.as_ref().map(|t| copy(t, body::empty())));
-                        let Some(again) = again.filter(|_| {
-                            attempt < layer.max && never_sent(&e) && layer.budget.try_withdraw()
-                        }) else {
-                            return Err(e);
-                        };
-                        attempt += 1;
-                        tracing::debug!(attempt, error = %e, "retrying a request that was never sent");
-                        let svc = inner.ready().await?;
-                        res = boxed_call(svc, again).await;
-                    }
-                    Ok(mut resp) => {
-                        if attempt > 0 {
-                            resp.extensions_mut().insert(ResendCount(attempt));
-                            // The failed attempts were time spent on the upstream, not in the
-                            // proxy: the overhead metric subtracts all of it.
-                            resp.extensions_mut()
-                                .insert(crate::layers::metrics::UpstreamTiming(started.elapsed()));
-                        }
-                        return Ok(resp);
-                    }
-                }
-            }
-        }))
+        RetryFuture::First {
+            first,
+            ctx: Some(Resend {
+                inner: self.inner.clone(),
+                layer: self.layer.clone(),
+                template,
+                started,
+            }),
+        }
     }
 }
 
-/// Boxed before any async block holds it: rustc cannot prove an async block holding a
+/// Boxed before the async block holds it: rustc cannot prove an async block holding a
 /// generic `S::Future` is Send for every lifetime.
 fn boxed_call<S>(
     svc: &mut S,

@@ -34,62 +34,87 @@ fn tokens(v: &HeaderValue) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
+/// The fixed hop-by-hop names (RFC 9110 §7.6.1, plus `Keep-Alive` and `Proxy-Connection` of
+/// older peers). `TE` and `Upgrade` come last: they have their own rules below.
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::UPGRADE,
+];
+const CONNECTION_BIT: u16 = 1;
+const TE_INDEX: usize = 6;
+const UPGRADE_BIT: u16 = 1 << 7;
+
 /// Remove hop-by-hop headers: the fixed set and any header named by `Connection`. With
 /// `keep_upgrade`, `Upgrade` and `Connection: upgrade` survive so the handshake reaches the
-/// other side. `TE: trailers` survives: gRPC servers require it to know trailers are read.
-/// `Trailer` survives too: it is end-to-end and announces the trailers of a chunked body.
+/// other side. `TE: trailers` survives (unless `Connection` names `TE`): gRPC servers require
+/// it to know trailers are read. `Trailer` survives too: it is end-to-end and announces the
+/// trailers of a chunked body.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Fast path: most messages carry none of them. One pass over the (few) names is cheaper
-    // than hashing each of the eight names for a `remove` that finds nothing.
-    if !headers.keys().any(is_hop_by_hop_or_te) {
-        if keep_upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    // One pass over the (few) names notes which of them are present: most messages carry
+    // none or only `Connection`, and a `remove` of an absent name still hashes it.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
         }
-        return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(tokens)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && *n == header::UPGRADE))
-        .collect();
+    if present != 0 {
+        strip_present(headers, present, keep_upgrade);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+fn strip_present(headers: &mut HeaderMap, present: u16, keep_upgrade: bool) {
+    let mut te_named = false;
+    let mut named: Vec<HeaderName> = Vec::new();
+    if present & CONNECTION_BIT != 0 {
+        for t in headers.get_all(header::CONNECTION).iter().flat_map(tokens) {
+            match HOP_BY_HOP
+                .iter()
+                .position(|h| t.eq_ignore_ascii_case(h.as_str()))
+            {
+                Some(TE_INDEX) => te_named = true,
+                // Removed below anyway; `Upgrade` as `keep_upgrade` says.
+                Some(_) => {}
+                // Only a name that is there costs a `HeaderName` (`close` never is).
+                None if headers.contains_key(t) => {
+                    named.extend(HeaderName::from_bytes(t.as_bytes()).ok());
+                }
+                None => {}
+            }
+        }
+    }
     for name in named {
         headers.remove(name);
     }
-    headers.remove(header::CONNECTION);
-    headers.remove(KEEP_ALIVE);
-    headers.remove(PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::PROXY_AUTHENTICATE);
-    headers.remove(header::PROXY_AUTHORIZATION);
-    // `Trailer` is end-to-end (RFC 9110 §6.6.2), not hop-by-hop: HTTP/1.1 peers (hyper among
-    // them) only send the trailer fields it announces, so dropping it loses the trailers.
-    if let Some(te) = headers.get(header::TE) {
-        let trailers = tokens(te).any(|t| t.eq_ignore_ascii_case("trailers"));
+    for (i, name) in HOP_BY_HOP[..TE_INDEX].iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
+    }
+    if present & (1 << TE_INDEX) != 0 {
+        let trailers = !te_named
+            && headers
+                .get_all(header::TE)
+                .iter()
+                .flat_map(tokens)
+                .any(|t| t.eq_ignore_ascii_case("trailers"));
         headers.remove(header::TE);
         if trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
     }
-    if keep_upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    if !keep_upgrade && present & UPGRADE_BIT != 0 {
         headers.remove(header::UPGRADE);
     }
-}
-
-/// The names `strip_hop_by_hop` acts on (headers named by `Connection` only matter when
-/// `Connection` itself is present).
-fn is_hop_by_hop_or_te(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TRANSFER_ENCODING
-        || name == header::TE
-        || name == header::UPGRADE
-        || name == header::PROXY_AUTHENTICATE
-        || name == header::PROXY_AUTHORIZATION
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
 }
 
 /// Append the client's address to `x-forwarded-for` and set `x-forwarded-proto`.
@@ -148,21 +173,24 @@ fn new_request_id() -> HeaderValue {
     let bits: u128 = rand::random();
     // UUIDv4 layout: version nibble 4, variant bits 10.
     let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    HeaderValue::from_bytes(&uuid_text(bits)).expect("hex and dashes are a valid header value")
+    // One shared allocation: the request and the response each hold a clone.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(uuid_text(bits)))
+        .expect("hex and dashes are a valid header value")
 }
 
-/// `bits` as 8-4-4-4-12 lowercase hex digits, formatted on the stack: this runs for every
-/// request without an id, and `format!` cost two heap strings before the header's own copy.
+/// `bits` as 8-4-4-4-12 lowercase hex digits, formatted on the stack a byte at a time: this
+/// runs for every request without an id.
 fn uuid_text(bits: u128) -> [u8; 36] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = [b'-'; 36];
-    let mut nibble = 32;
-    for (i, b) in out.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            continue;
+    let mut at = 0;
+    for (i, byte) in bits.to_be_bytes().into_iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1;
         }
-        nibble -= 1;
-        *b = HEX[((bits >> (nibble * 4)) & 0xf) as usize];
+        out[at] = HEX[usize::from(byte >> 4)];
+        out[at + 1] = HEX[usize::from(byte & 0xf)];
+        at += 2;
     }
     out
 }
@@ -220,6 +248,26 @@ mod tests {
         assert_eq!(clean, before);
         strip_hop_by_hop(&mut clean, true);
         assert_eq!(clean[header::CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn connection_naming_te_or_absent_names() {
+        // `Connection: te` makes `TE` itself hop-by-hop: even `trailers` goes.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("TE, x-gone"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-app", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        // Several `Connection` lines, names in any case, one naming a header that is there.
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("close"));
+        h.append(header::CONNECTION, HeaderValue::from_static("X-Hop"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h[header::TE], "trailers");
     }
 
     #[test]
@@ -281,6 +329,10 @@ mod tests {
         assert_eq!(id.len(), 36);
         assert_eq!(&id.as_bytes()[14..15], b"4");
         assert_eq!(h[X_REQUEST_ID], id);
+        assert_eq!(
+            &uuid_text(0x0123_4567_89ab_cdef_fedc_ba98_7654_3210),
+            b"01234567-89ab-cdef-fedc-ba9876543210"
+        );
         let bits = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210_u128;
         let hex = format!("{bits:032x}");
         let want = format!(

@@ -33,8 +33,9 @@ use crate::layers::metrics::{
 /// Largest request head (all header lines) accepted; beyond it HTTP/1 answers 431 and HTTP/2
 /// refuses the stream. 64 KiB is Envoy's default and well above what browsers send.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
-/// Header fields per HTTP/1 request (Envoy's default is 100).
-const MAX_HEADERS: usize = 128;
+/// Header fields per HTTP/1 request: Envoy's default, and hyper's own. Above 100 hyper parses
+/// into two heap arrays (7 KiB) per request instead of its stack ones.
+const MAX_HEADERS: usize = 100;
 
 /// `tracseq_proxy_tcp_connections_open` / `_total`.
 #[derive(Debug)]

@@ -47,7 +47,8 @@ where
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let idle = self.idle_timeout;
         let mut req = if http_body::Body::is_end_stream(req.body()) {
-            req.map(body::boxed)
+            // Nothing left to read: an empty body boxes without allocating.
+            req.map(|_| body::empty())
         } else {
             // An upload that stalls is cut after --idle-timeout.
             req.map(|b| body::boxed(body::IdleTimeout::new(b, idle)))
