@@ -5,6 +5,7 @@
 pub mod body;
 pub mod conn_io;
 pub mod connect;
+pub mod drain;
 pub mod headers;
 pub mod inbound;
 pub mod outbound;

@@ -19,7 +19,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
 
 use super::body::Body;
 use super::conn_io::{ConnState, TimedIo};
@@ -130,65 +129,7 @@ impl AsyncWrite for ServerIo {
     }
 }
 
-/// Graceful drain: a signal every connection watches, and a way to wait until the last one
-/// has finished (every connection holds a clone of `_done`; `recv` returns `None` when all
-/// are gone).
-pub struct DrainController {
-    signal: watch::Sender<bool>,
-    done_tx: Option<mpsc::Sender<()>>,
-    done_rx: mpsc::Receiver<()>,
-}
-
-#[derive(Clone)]
-pub struct Drain {
-    signal: watch::Receiver<bool>,
-    _done: mpsc::Sender<()>,
-}
-
-impl Drain {
-    /// Resolves when draining starts.
-    pub async fn signaled(&mut self) {
-        let _ = self.signal.wait_for(|d| *d).await;
-    }
-}
-
-impl Default for DrainController {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl DrainController {
-    pub fn new() -> Self {
-        let (signal, _) = watch::channel(false);
-        let (done_tx, done_rx) = mpsc::channel(1);
-        Self {
-            signal,
-            done_tx: Some(done_tx),
-            done_rx,
-        }
-    }
-
-    pub fn watcher(&self) -> Drain {
-        Drain {
-            signal: self.signal.subscribe(),
-            _done: self
-                .done_tx
-                .clone()
-                .expect("watchers are created before draining starts"),
-        }
-    }
-
-    /// Start draining and wait (up to `timeout`) for every watcher to be dropped. Returns
-    /// whether everything finished in time.
-    pub async fn drain(mut self, timeout: Duration) -> bool {
-        let _ = self.signal.send(true);
-        self.done_tx = None;
-        tokio::time::timeout(timeout, self.done_rx.recv())
-            .await
-            .is_ok()
-    }
-}
+pub use super::drain::{Drain, DrainController};
 
 /// Settings of one listener.
 pub struct Listener {
@@ -224,7 +165,7 @@ impl Listener {
 
     /// Accept until draining starts; then stop accepting (the socket closes: new connections
     /// are refused) and let live connections finish.
-    pub async fn serve<S>(self, listener: TcpListener, stack: S, mut drain: Drain)
+    pub async fn serve<S>(self, listener: TcpListener, stack: S, drain: Drain)
     where
         S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
             + Clone
@@ -271,7 +212,7 @@ impl Listener {
         local: SocketAddr,
         stack: S,
         builder: Arc<auto::Builder<TokioExecutor>>,
-        mut drain: Drain,
+        drain: Drain,
     ) where
         S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
             + Clone
