@@ -1,13 +1,13 @@
 //! Retries against real sockets: the real retry layer around the real upstream client, whose
 //! first attempt goes to a port that refuses the connection (a real ECONNREFUSED, classified by
 //! the real classifier) and whose retry reaches the real upstream. Deterministic: which attempt
-//! goes where is decided by a counter, not by timing. Also: policy metrics are exposed once and
+//! goes where is decided by a counter, not by timing. Each attempt's `ResendCount` mark (what its
+//! CLIENT span records) is seen as `Forward` gets it. Also: policy metrics are exposed once and
 //! pass `promtool check metrics`.
 
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,13 +30,27 @@ use tracseq_proxy::proxy::{Dest, Direction};
 #[derive(Clone)]
 struct Original(http::uri::Authority);
 
+/// The attempts that reached `Forward`: the `ResendCount` each one carried.
+#[derive(Clone, Default)]
+struct Calls(Arc<Mutex<Vec<Option<u32>>>>);
+
+impl Calls {
+    fn count(&self) -> usize {
+        self.0.lock().expect("lock").len()
+    }
+
+    fn marks(&self) -> Vec<Option<u32>> {
+        self.0.lock().expect("lock").clone()
+    }
+}
+
 /// Sends the first `refuse` attempts to a refusing port, the rest where the request says.
 #[derive(Clone)]
 struct RefuseFirst {
     inner: Forward,
     refused: http::uri::Authority,
     refuse: usize,
-    calls: Arc<AtomicUsize>,
+    calls: Calls,
 }
 
 impl tower::Service<Request<Body>> for RefuseFirst {
@@ -49,7 +63,11 @@ impl tower::Service<Request<Body>> for RefuseFirst {
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let refuse = self.calls.fetch_add(1, Ordering::SeqCst) < self.refuse;
+        let refuse = {
+            let mut calls = self.calls.0.lock().expect("lock");
+            calls.push(req.extensions().get::<ResendCount>().map(|n| n.0));
+            calls.len() <= self.refuse
+        };
         let original = req.extensions().get::<Original>().cloned();
         if let Some(d) = req.extensions_mut().get_mut::<Dest>() {
             if refuse {
@@ -79,7 +97,7 @@ async fn harness(
     retries: u32,
 ) -> (
     impl tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone,
-    Arc<AtomicUsize>,
+    Calls,
 ) {
     let mut reg = Registry::default();
     let metrics = HttpMetrics::register(&mut reg);
@@ -89,7 +107,7 @@ async fn harness(
         Connector::new(Duration::from_secs(1)),
         metrics,
     );
-    let calls = Arc::new(AtomicUsize::new(0));
+    let calls = Calls::default();
     let svc = RefuseFirst {
         inner: forward,
         refused: refused_authority().await,
@@ -135,7 +153,12 @@ async fn survives_one_connect_failure(version: http::Version, seen_as: &str) {
     assert_eq!(resp.headers()["x-upstream-path"], "/retried");
     assert_eq!(resp.headers()["x-upstream-version"], seen_as);
     let _ = resp.into_body().collect().await;
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(calls.count(), 2);
+    assert_eq!(
+        calls.marks(),
+        [None, Some(1)],
+        "the first attempt is unmarked, the resend is resend 1"
+    );
     assert_eq!(up.count(), 1);
 }
 
@@ -161,7 +184,38 @@ async fn a_first_attempt_success_has_no_resend_count() {
         .expect("answer");
     assert_eq!(resp.status(), 200);
     assert!(resp.extensions().get::<ResendCount>().is_none());
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(calls.marks(), [None]);
+}
+
+/// Two refused connects: each resend carries its own ordinal (a request handed back by the
+/// pool still has the mark of the previous resend), and the response the number of resends.
+async fn marks_each_resend(version: http::Version) {
+    let up = Upstream::start().await;
+    let (svc, calls) = harness(2, 2).await;
+    let mut req = request(&up, http::Method::GET, body::empty());
+    *req.version_mut() = version;
+    let resp = svc
+        .oneshot(req)
+        .await
+        .expect("the second retry reached the upstream");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.extensions().get::<ResendCount>(),
+        Some(&ResendCount(2))
+    );
+    let _ = resp.into_body().collect().await;
+    assert_eq!(calls.marks(), [None, Some(1), Some(2)]);
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn each_resend_is_marked_with_its_ordinal() {
+    marks_each_resend(http::Version::HTTP_11).await;
+}
+
+#[tokio::test]
+async fn each_h2_resend_is_marked_with_its_ordinal() {
+    marks_each_resend(http::Version::HTTP_2).await;
 }
 
 #[tokio::test]
@@ -176,7 +230,7 @@ async fn retries_stop_at_the_configured_count() {
         kind_of(err.as_ref()),
         ErrorKind::UpstreamUnavailable(UpstreamFailure::Connect)
     );
-    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(calls.marks(), [None, Some(1), Some(2)]);
     assert_eq!(up.count(), 0);
 }
 
@@ -193,7 +247,7 @@ async fn a_post_with_a_body_is_not_retried_an_empty_one_is() {
         kind_of(err.as_ref()),
         ErrorKind::UpstreamUnavailable(UpstreamFailure::Connect)
     );
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(calls.count(), 1);
     // Never sent and nothing to replay: CONTRACT.md retries it whatever the method.
     let (svc, calls) = harness(1, 1).await;
     let resp = svc
@@ -201,13 +255,13 @@ async fn a_post_with_a_body_is_not_retried_an_empty_one_is() {
         .await
         .expect("an empty POST that was never sent is retried");
     assert_eq!(resp.status(), 200);
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(calls.count(), 2);
     let (svc, calls) = harness(1, 1).await;
     let _ = svc
         .oneshot(request(&up, http::Method::PUT, body::full("payload")))
         .await
         .expect_err("a body cannot be replayed");
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(calls.count(), 1);
 }
 
 #[tokio::test]

@@ -10,8 +10,12 @@
 //! Retries are bounded by a budget, like Envoy's default: retries may be at most 20% of the
 //! requests seen over the last `WINDOW` (10 s), with a floor of `MIN_RETRIES_PER_SEC` (10/s) so
 //! a quiet sidecar can still retry. Counts are kept in one-second slots of atomics: no lock on
-//! the path, approximate under races, which a budget can afford. A response that needed
-//! retries carries `ResendCount` (OpenTelemetry `http.request.resend_count`) in its extensions.
+//! the path, approximate under races, which a budget can afford.
+//!
+//! `ResendCount` (OpenTelemetry `http.request.resend_count`) marks what was resent: each request
+//! sent again carries its ordinal in its extensions (1 for the first resend), which the CLIENT
+//! span of that attempt records, and a response that needed retries carries the number of
+//! resends, which the SERVER span records. A request that is not resent gets nothing.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -36,7 +40,8 @@ pub const RETRY_PERCENT: u64 = 20;
 /// Retries always allowed per second of window, whatever the request count.
 pub const MIN_RETRIES_PER_SEC: u64 = 10;
 
-/// How many times a request was sent again (`http.request.resend_count`).
+/// How many times a request was sent again (`http.request.resend_count`): on a resent request,
+/// its ordinal among the resends; on a response, the resends it took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResendCount(pub u32);
 
@@ -230,17 +235,22 @@ pub struct Resend<S> {
 }
 
 impl<S> Resend<S> {
-    /// The request to send again after `e`, if the policy and the budget allow it.
-    fn next(&self, e: BoxError, attempt: u32) -> Result<Request<Body>, BoxError> {
+    /// The request to send again after `e`, if the policy and the budget allow it, marked as
+    /// resend `resends + 1`; `resends` counts those already made.
+    fn next(&self, e: BoxError, resends: u32) -> Result<Request<Body>, BoxError> {
         let (e, back) = Unsent::take(e);
         let again = back.or_else(|| self.template.as_ref().map(|t| copy(t, body::empty())));
         match again {
-            Some(again)
-                if attempt < self.layer.max
+            Some(mut again)
+                if resends < self.layer.max
                     && never_sent(&e)
                     && self.layer.budget.try_withdraw() =>
             {
-                tracing::debug!(attempt = attempt + 1, error = %e, "retrying a request that was never sent");
+                // tests/tracing_retry.rs keys on this event (its target and `attempt`).
+                tracing::debug!(attempt = resends + 1, error = %e, "retrying a request that was never sent");
+                // Replaces the mark of an earlier resend (a request handed back keeps its
+                // extensions); a copied HTTP/2 head starts without one.
+                again.extensions_mut().insert(ResendCount(resends + 1));
                 Ok(again)
             }
             _ => Err(e),

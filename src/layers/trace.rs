@@ -22,6 +22,7 @@ use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
 
 use super::metrics::{ExemplarContext, Method, Protocol};
+use super::retry::ResendCount;
 use crate::config::RouteTemplate;
 use crate::error::ErrorKind;
 use crate::proxy::body::{self, Body, BodyEnd, Observed, OnEnd};
@@ -294,11 +295,11 @@ where
         if status.is_server_error() {
             span.error();
         }
-        // HOOK(retry): when `layers::retry::ResendCount(u32)` exists on the response, record
-        // `http.request.resend_count` here:
-        //   if let Some(n) = resp.extensions().get::<super::retry::ResendCount>() {
-        //       span.set(KeyValue::new("http.request.resend_count", i64::from(n.0)));
-        //   }
+        // Semconv defines it for CLIENT spans (each resent attempt has it); on the SERVER span
+        // it sums up how many resends this answer took.
+        if let Some(n) = resp.extensions().get::<ResendCount>() {
+            span.set(KeyValue::new("http.request.resend_count", i64::from(n.0)));
+        }
         let (parts, body) = resp.into_parts();
         Poll::Ready(Ok(Response::from_parts(
             parts,

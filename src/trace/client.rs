@@ -10,6 +10,7 @@ use super::propagation;
 use super::{ServerContext, SpanRecord, TraceIds, Tracer};
 use crate::error::ErrorKind;
 use crate::layers::metrics::{Method, Protocol, TraceExemplar};
+use crate::layers::retry::ResendCount;
 use crate::layers::trace::span_name;
 use crate::proxy::body::Body;
 use crate::proxy::Dest;
@@ -70,8 +71,10 @@ impl ClientSpan {
             if let Some(id) = &dest.identity {
                 attrs.push(KeyValue::new("tracseq.peer.identity", id.to_string()));
             }
-            // HOOK(retry): when the retry layer marks a resent request (e.g. a request
-            // extension with the attempt number), record `http.request.resend_count` here.
+            // Semconv: only on the second and later attempts, as the ordinal of the resend.
+            if let Some(n) = req.extensions().get::<ResendCount>() {
+                attrs.push(KeyValue::new("http.request.resend_count", i64::from(n.0)));
+            }
             let name = span_name(method, None);
             tracer.start(
                 SpanKind::Client,

@@ -51,6 +51,11 @@ impl Upstream {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream");
+        Self::serve(listener)
+    }
+
+    /// The same upstream on a listener the test set up itself.
+    pub fn serve(listener: TcpListener) -> Upstream {
         let addr = listener.local_addr().expect("addr");
         let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let seen2 = seen.clone();
