@@ -139,7 +139,7 @@ impl<S> TraceService<S> {
             .map(|r| r.template);
         let meta = req.extensions().get::<Arc<ConnMeta>>();
         let scheme = meta.map_or("http", |m| m.scheme());
-        let mut attrs = Vec::with_capacity(12);
+        let mut attrs = Vec::with_capacity(14);
         attrs.push(KeyValue::new("http.request.method", method.as_str()));
         attrs.push(KeyValue::new("url.path", req.uri().path().to_string()));
         attrs.push(KeyValue::new("url.scheme", scheme));
