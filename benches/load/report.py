@@ -17,8 +17,10 @@ import subprocess
 import sys
 
 TICKS = os.sysconf("SC_CLK_TCK")
-PROXIES = ["direct", "tracseq", "nginx", "haproxy"]
-LABEL = {"direct": "direct (no proxy)", "tracseq": "tracseq-proxy", "nginx": "nginx", "haproxy": "HAProxy"}
+PROXIES = ["direct", "tracseq", "tracseqstd", "nginx", "haproxy"]
+LABEL = {"direct": "direct (no proxy)", "tracseq": "tracseq-proxy", "tracseqstd": "tracseq-proxy, no PGO",
+         "nginx": "nginx", "haproxy": "HAProxy"}
+SHORT = dict(LABEL, tracseqstd="tracseq, no PGO")
 
 
 def load(out, name):
@@ -124,7 +126,7 @@ def svg_chart(results, path):
                 w = (gw - 30) / 3 - 6
                 out.append(f'<rect x="{x:.1f}" y="{base - h:.1f}" width="{w:.1f}" height="{h:.1f}" fill="{colors[key]}"/>')
                 out.append(f'<text x="{x + w / 2:.1f}" y="{base - h - 4:.1f}" text-anchor="middle">{r[key]:.0f}</text>')
-            out.append(f'<text x="{gx + gw / 2:.1f}" y="{base + 18}" text-anchor="middle" font-weight="bold">{LABEL[p]}</text>')
+            out.append(f'<text x="{gx + gw / 2:.1f}" y="{base + 18}" text-anchor="middle" font-weight="bold">{SHORT[p]}</text>')
         out.append(f'<line x1="{pad}" y1="{base}" x2="{W - pad}" y2="{base}" stroke="black"/>')
     lx = W - 230
     for k, (key, name) in enumerate((("p50", "p50"), ("p99", "p99"), ("p999", "p99.9"))):
@@ -153,6 +155,12 @@ def targets(results):
                f"{h['cpu_per_1k']:.3f} | {ok(t['cpu_per_1k'] <= 0.8 * best)} ({t['cpu_per_1k'] / best:.2f}×) |")
     cpu_note = ("Mesh CPU of tracseq-proxy ÷ the better of nginx and HAProxy, round by round: "
                 + ", ".join(f"{x:.2f}×" for x in per_round) + ".")
+    s = results.get(("tracseqstd", "mesh"))
+    if s:
+        added = [s[k] - d[k] for k in ("p50", "p99")]
+        cpu_note += (f" The build without PGO, same run: added p50 {added[0]:.0f} µs, p99 {added[1]:.0f} µs, "
+                     f"CPU {s['cpu_per_1k']:.3f} s / 1k ({s['cpu_per_1k'] / best:.2f}× the better), "
+                     f"peak RSS {s['rss_mib']:.1f} MiB.")
     best = min(n["rss_mib"], h["rss_mib"])
     out.append(f"| peak RSS of both sidecars ≤ half the better pair ({best / 2:.1f} MiB) | {t['rss_mib']:.1f} | {n['rss_mib']:.1f} | "
                f"{h['rss_mib']:.1f} | {ok(t['rss_mib'] <= best / 2)} ({t['rss_mib'] / best:.2f}×) |")
@@ -171,6 +179,7 @@ def main():
     ap.add_argument("--rate", default="1000")
     ap.add_argument("--conns", default="16")
     ap.add_argument("--rounds", default="1")
+    ap.add_argument("--build", default="cargo build --release")
     a = ap.parse_args()
     results = {}
     for topo in ("plain", "mesh"):
@@ -200,6 +209,8 @@ def main():
         "`/proc/<pid>/task/*/schedstat`) during the fixed-rate run, per 1,000 requests.",
         "RSS: peak resident set (VmHWM) of the proxy processes, summed (nginx: master + worker).",
         "tracseq-proxy runs with its defaults: metrics on, load shedding, circuit breaker, retries.",
+        f"tracseq-proxy build: {a.build}"
+        + ("; \"no PGO\" is the plain `cargo build --release` of the same commit." if any(p == "tracseqstd" for p, _ in results) else "."),
         "",
         "![latency chart](benchmarks-latency.svg)",
         "",
