@@ -127,20 +127,12 @@ async fn oversized_head_is_431_and_malformed_is_400() {
     let answer = exchange(inbound, big.as_bytes()).await;
     assert_eq!(status_of(&answer), 431, "{answer}");
 
-    // Up to 100 header fields pass the proxy, 101 are refused before the app. (The app here,
-    // hyper with its own limit of 100, would refuse 100 plus the proxy's own headers itself.)
-    let head = |fields: usize| {
-        let mut many = String::from("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n");
-        for i in 2..fields {
-            many.push_str(&format!("X-H{i}: v\r\n"));
-        }
-        many + "\r\n"
-    };
-    let answer = exchange(inbound, head(90).as_bytes()).await;
+    // Up to 100 header fields pass the inbound listener, 101 are refused before the app.
+    let answer = exchange(inbound, fields_head(100).as_bytes()).await;
     assert_eq!(status_of(&answer), 200, "{answer}");
-    assert_eq!(up.count(), 1, "90 fields reach the app");
+    assert_eq!(up.count(), 1, "100 fields reach the app");
     for fields in [101, 200] {
-        let answer = exchange(inbound, head(fields).as_bytes()).await;
+        let answer = exchange(inbound, fields_head(fields).as_bytes()).await;
         assert_eq!(status_of(&answer), 431, "{fields} fields: {answer}");
     }
     for bad in [
@@ -174,8 +166,41 @@ async fn oversized_head_is_431_and_malformed_is_400() {
     if let Ok(r) = r {
         assert_eq!(r.status, 431);
     }
-    assert_eq!(up.count(), 1, "only the 90-field request reached the app");
+    assert_eq!(up.count(), 1, "only the 100-field request reached the app");
     assert!(proxy.shutdown().await);
+}
+
+/// A request head of `fields` header fields (`Host`, `Connection: close` and more).
+fn fields_head(fields: usize) -> String {
+    let mut head = String::from("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n");
+    for i in 2..fields {
+        head.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    head + "\r\n"
+}
+
+#[tokio::test]
+async fn outbound_leaves_room_for_the_headers_it_adds() {
+    // The sidecar adds `x-request-id` (and `traceparent` when tracing) before the peer's
+    // inbound listener, which takes 100: the outbound listener takes 96, so what it accepts
+    // is never refused one hop later.
+    let up = Upstream::start().await;
+    let callee = start(config(up.addr)).await;
+    let mut cfg = config(up.addr);
+    cfg.peers = vec![
+        format!("a=127.0.0.1:{}", callee.inbound.expect("inbound").port())
+            .parse()
+            .expect("peer"),
+    ];
+    let caller = start(cfg).await;
+    let answer = exchange(caller.outbound_addr(), fields_head(96).as_bytes()).await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert_eq!(up.count(), 1, "96 fields cross both sidecars");
+    let answer = exchange(caller.outbound_addr(), fields_head(97).as_bytes()).await;
+    assert_eq!(status_of(&answer), 431, "{answer}");
+    assert_eq!(up.count(), 1, "97 fields are refused by the first sidecar");
+    assert!(caller.shutdown().await);
+    assert!(callee.shutdown().await);
 }
 
 #[tokio::test]

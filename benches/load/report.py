@@ -180,6 +180,7 @@ def main():
     ap.add_argument("--conns", default="16")
     ap.add_argument("--rounds", default="1")
     ap.add_argument("--build", default="cargo build --release")
+    ap.add_argument("--std-build", default="the plain `cargo build --release` of the same commit")
     a = ap.parse_args()
     results = {}
     for topo in ("plain", "mesh"):
@@ -210,7 +211,7 @@ def main():
         "RSS: peak resident set (VmHWM) of the proxy processes, summed (nginx: master + worker).",
         "tracseq-proxy runs with its defaults: metrics on, load shedding, circuit breaker, retries.",
         f"tracseq-proxy build: {a.build}"
-        + ("; \"no PGO\" is the plain `cargo build --release` of the same commit." if any(p == "tracseqstd" for p, _ in results) else "."),
+        + (f"; \"no PGO\" is {a.std_build}." if any(p == "tracseqstd" for p, _ in results) else "."),
         "",
         "![latency chart](benchmarks-latency.svg)",
         "",

@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -20,6 +20,18 @@ struct Shared {
     draining: AtomicBool,
     next_key: AtomicU64,
     waiters: Mutex<foldhash::HashMap<u64, Waker>>,
+}
+
+impl Shared {
+    /// Set the flag, then wake every registered waiter (see `Signaled::poll` for the order).
+    fn signal(&self) {
+        self.draining.store(true, Ordering::Release);
+        let waiters =
+            std::mem::take(&mut *self.waiters.lock().unwrap_or_else(PoisonError::into_inner));
+        for (_, w) in waiters {
+            w.wake();
+        }
+    }
 }
 
 pub struct DrainController {
@@ -65,9 +77,11 @@ impl Future for Signaled<'_> {
         if this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             return Poll::Pending;
         }
-        let Ok(mut waiters) = this.shared.waiters.lock() else {
-            return Poll::Pending;
-        };
+        let mut waiters = this
+            .shared
+            .waiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         // Checked again under the lock: `DrainController::drain` sets the flag before it
         // takes the lock to wake the waiters, so a registration either sees the flag or is
         // woken.
@@ -86,10 +100,20 @@ impl Future for Signaled<'_> {
 impl Drop for Signaled<'_> {
     fn drop(&mut self) {
         if let Some(key) = self.key {
-            if let Ok(mut waiters) = self.shared.waiters.lock() {
-                waiters.remove(&key);
-            }
+            self.shared
+                .waiters
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&key);
         }
+    }
+}
+
+/// A controller dropped without `drain` (an embedder, an early return) still lets every
+/// listener and connection wind down rather than serve on unwatched.
+impl Drop for DrainController {
+    fn drop(&mut self) {
+        self.shared.signal();
     }
 }
 
@@ -122,14 +146,7 @@ impl DrainController {
     /// Start draining and wait (up to `timeout`) for every watcher to be dropped. Returns
     /// whether everything finished in time.
     pub async fn drain(mut self, timeout: Duration) -> bool {
-        self.shared.draining.store(true, Ordering::Release);
-        let waiters = match self.shared.waiters.lock() {
-            Ok(mut w) => std::mem::take(&mut *w),
-            Err(_) => Default::default(),
-        };
-        for (_, w) in waiters {
-            w.wake();
-        }
+        self.shared.signal();
         self.done_tx = None;
         tokio::time::timeout(timeout, self.done_rx.recv())
             .await
@@ -163,6 +180,19 @@ mod tests {
         assert!(finished.await, "every watcher was dropped");
         waiting.await.expect("first watcher");
         b_done.await.expect("second watcher");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_controller_signals_too() {
+        let ctl = DrainController::new();
+        let w = ctl.watcher();
+        let waiting = tokio::spawn(async move { w.signaled().await });
+        tokio::task::yield_now().await;
+        drop(ctl);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("signalled on drop")
+            .expect("watcher");
     }
 
     #[tokio::test]

@@ -32,9 +32,13 @@ use crate::layers::metrics::{
 /// Largest request head (all header lines) accepted; beyond it HTTP/1 answers 431 and HTTP/2
 /// refuses the stream. 64 KiB is Envoy's default and well above what browsers send.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
-/// Header fields per HTTP/1 request: Envoy's default, and hyper's own. Above 100 hyper parses
-/// into two heap arrays (7 KiB) per request instead of its stack ones.
+/// Header fields per HTTP/1 request on the inbound listener: Envoy's default, and hyper's own.
+/// Above 100 hyper parses into two heap arrays (7 KiB) per request instead of its stack ones.
 const MAX_HEADERS: usize = 100;
+/// Fields the outbound direction may add before a request reaches the peer sidecar's inbound
+/// listener (`Host`, `x-request-id`, `traceparent`, one spare): the outbound listener takes
+/// that many fewer, so a request it accepts is never refused one hop later.
+const OUTBOUND_HEADROOM: usize = 4;
 
 /// `tracseq_proxy_tcp_connections_open` / `_total`.
 #[derive(Debug)]
@@ -150,7 +154,10 @@ impl Listener {
             .header_read_timeout(None)
             .keep_alive(true)
             .max_buf_size(MAX_HEADER_BYTES.max(8192))
-            .max_headers(MAX_HEADERS);
+            .max_headers(match self.direction {
+                Direction::Inbound => MAX_HEADERS,
+                Direction::Outbound => MAX_HEADERS - OUTBOUND_HEADROOM,
+            });
         b.http2()
             .timer(TokioTimer::new())
             .max_header_list_size(MAX_HEADER_BYTES as u32)

@@ -88,7 +88,10 @@ impl Upstream {
                         let seen = seen.clone();
                         async move { Ok::<_, Infallible>(handle(req, seen).await) }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
+                    let mut builder = auto::Builder::new(TokioExecutor::new());
+                    // Well above the proxy's own limit, so header-count tests see the proxy's.
+                    builder.http1().max_headers(200);
+                    let _ = builder
                         .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
                         .await;
                 });
