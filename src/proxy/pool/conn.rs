@@ -134,22 +134,16 @@ impl Conn {
     /// so a later socket event marks the relay: while `relay.quiet()`, the answer still holds
     /// and checkout need not poll again.
     pub(super) fn ready_settled(&mut self, cx: &mut Context<'_>) -> bool {
-        let waker = self.relay_waker.clone();
-        let mut rcx = Context::from_waker(&waker);
-        for _ in 0..MAX_ROUNDS {
-            self.relay.begin(cx.waker());
-            let ready = self.ready_now(&mut rcx);
-            let signalled = self.relay.end();
-            if !ready {
-                return false;
+        // A ready connection answers `Pending`, which `poll` repeats while the connection
+        // signals itself (and marks the relay if it never stops): the settling wanted here.
+        self.poll(cx, |c, cx| {
+            if c.ready_now(cx) {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
             }
-            if !signalled {
-                return true;
-            }
-        }
-        // Still busy with itself: ready, but the next checkout polls it again.
-        self.relay.note();
-        true
+        })
+        .is_pending()
     }
 
     /// Let the connection do its I/O. False once it has closed (the future completed).
