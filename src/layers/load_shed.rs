@@ -104,7 +104,7 @@ pin_project_lite::pin_project! {
     #[project = ShedProj]
     pub enum ShedFuture<F> {
         Admitted { #[pin] inner: F, guard: Option<InFlight> },
-        Refused { error: Option<BoxError> },
+        Refused { answer: std::future::Ready<Result<Response<Body>, BoxError>> },
     }
 }
 
@@ -123,9 +123,7 @@ where
                     None => resp,
                 }))
             }
-            ShedProj::Refused { error } => Poll::Ready(Err(error
-                .take()
-                .expect("ShedFuture polled after completion"))),
+            ShedProj::Refused { answer } => Pin::new(answer).poll(cx),
         }
     }
 }
@@ -146,12 +144,10 @@ where
         let Some(guard) = self.layer.shed.try_acquire() else {
             self.layer.counter.inc();
             return ShedFuture::Refused {
-                error: Some(
-                    ProxyError::new(ErrorKind::Overloaded)
-                        .with_detail("too many requests in flight")
-                        .with_retry_after(SHED_RETRY_AFTER)
-                        .into(),
-                ),
+                answer: std::future::ready(Err(ProxyError::new(ErrorKind::Overloaded)
+                    .with_detail("too many requests in flight")
+                    .with_retry_after(SHED_RETRY_AFTER)
+                    .into())),
             };
         };
         ShedFuture::Admitted {

@@ -62,7 +62,7 @@ pin_project_lite::pin_project! {
     pub enum BreakerFuture<F> {
         Pass { #[pin] inner: F },
         Tracked { #[pin] inner: F, settle: Settle },
-        Open { error: Option<BoxError> },
+        Open { answer: std::future::Ready<Result<Response<Body>, BoxError>> },
     }
 }
 
@@ -86,9 +86,7 @@ where
                 }
                 Poll::Ready(res)
             }
-            BreakerProj::Open { error } => Poll::Ready(Err(error
-                .take()
-                .expect("BreakerFuture polled after completion"))),
+            BreakerProj::Open { answer } => Pin::new(answer).poll(cx),
         }
     }
 }
@@ -119,12 +117,10 @@ where
             Ok(p) => p,
             Err(wait) => {
                 return BreakerFuture::Open {
-                    error: Some(
-                        ProxyError::new(ErrorKind::CircuitOpen)
-                            .with_detail("the upstream is failing; not sent")
-                            .with_retry_after(wait)
-                            .into(),
-                    ),
+                    answer: std::future::ready(Err(ProxyError::new(ErrorKind::CircuitOpen)
+                        .with_detail("the upstream is failing; not sent")
+                        .with_retry_after(wait)
+                        .into())),
                 }
             }
         };
