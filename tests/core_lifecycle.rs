@@ -1,10 +1,11 @@
 //! Graceful lifecycle (issue 2): during a drain, in-flight requests (HTTP/1.1 and h2c) finish,
 //! `/ready` turns 503 and new connections are refused; the real binary exits 0 on SIGTERM and
-//! on `POST /shutdown`. Binary-level tests pick free ports by binding port 0 and releasing it
-//! (the binary cannot report the ports it bound).
+//! on `POST /shutdown`. The binary listens on port 0 and the tests read the ports it bound from
+//! its `tracseq-proxy ready` log line, so no port is ever picked, released and raced for.
 
 mod support;
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -122,9 +123,17 @@ async fn drain_timeout_bounds_the_wait() {
     assert!(started.elapsed() < Duration::from_secs(4));
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+/// The address in a field of the start-up log line: `"127.0.0.1:1234"` or `"Some(127.0.0.1:1234)"`.
+fn logged_addr(line: &serde_json::Value, field: &str) -> SocketAddr {
+    let text = line[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {field} in the ready line: {line}"));
+    let text = text
+        .strip_prefix("Some(")
+        .and_then(|t| t.strip_suffix(')'))
+        .unwrap_or(text);
+    text.parse()
+        .unwrap_or_else(|e| panic!("{field} {text:?} is not an address: {e}"))
 }
 
 struct Bin {
@@ -142,23 +151,46 @@ impl Drop for Bin {
 
 impl Bin {
     async fn start(upstream: SocketAddr) -> Bin {
-        let (i, o, a) = (free_port(), free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_tracseq-proxy"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tracseq-proxy"))
             .args(["--upstream", &format!("http://{upstream}")])
-            .args(["--listen", &format!("127.0.0.1:{i}")])
-            .args(["--outbound-listen", &format!("127.0.0.1:{o}")])
-            .args(["--admin", &format!("127.0.0.1:{a}")])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--outbound-listen", "127.0.0.1:0"])
+            .args(["--admin", "127.0.0.1:0"])
             .args(["--workers", "1", "--drain-timeout", "10s"])
+            .args(["--log-format", "json", "--log-level", "info"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("binary starts");
-        let admin: SocketAddr = ([127, 0, 0, 1], a).into();
+        // Read the log on a thread until the ready line, then keep draining it so the child
+        // never blocks on a full pipe.
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if v["message"] == "tracseq-proxy ready" {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(v);
+                    }
+                }
+            }
+        });
+        let ready = tokio::task::spawn_blocking(move || rx.recv_timeout(WAIT))
+            .await
+            .expect("reader joins")
+            .unwrap_or_else(|_| panic!("no `tracseq-proxy ready` log line within {WAIT:?}"));
+        let admin = logged_addr(&ready, "admin");
+        let inbound = logged_addr(&ready, "inbound");
         wait_ready(admin).await;
         Bin {
             child,
-            inbound: ([127, 0, 0, 1], i).into(),
+            inbound,
             admin,
         }
     }
