@@ -181,18 +181,23 @@ impl Bin {
                 }
             }
         });
+        // Owned by the guard from here on: a failed start below still kills the child.
+        let unbound: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let mut bin = Bin {
+            child,
+            inbound: unbound,
+            admin: unbound,
+        };
         let ready = tokio::task::spawn_blocking(move || rx.recv_timeout(WAIT))
             .await
             .expect("reader joins")
-            .unwrap_or_else(|_| panic!("no `tracseq-proxy ready` log line within {WAIT:?}"));
-        let admin = logged_addr(&ready, "admin");
-        let inbound = logged_addr(&ready, "inbound");
-        wait_ready(admin).await;
-        Bin {
-            child,
-            inbound,
-            admin,
-        }
+            .unwrap_or_else(|e| {
+                panic!("no `tracseq-proxy ready` log line (the binary exited, or {WAIT:?} passed): {e}")
+            });
+        bin.admin = logged_addr(&ready, "admin");
+        bin.inbound = logged_addr(&ready, "inbound");
+        wait_ready(bin.admin).await;
+        bin
     }
 
     /// SIGTERM through the `kill` command, keeping the tests free of `unsafe`.
