@@ -5,6 +5,7 @@
 pub mod cli;
 mod parse;
 mod source;
+mod text;
 mod values;
 
 use std::net::SocketAddr;
@@ -14,8 +15,8 @@ use std::time::Duration;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
 pub use cli::{Cli, Command};
-pub use parse::duration as parse_duration;
 use source::Sources;
+pub use text::duration as parse_duration;
 pub use values::{IdentityPattern, Peer, Rate, RouteTemplate};
 
 /// A start-up error: printed as one line, exit status 2.
