@@ -1,7 +1,7 @@
 //! Tunnels and the outbound direction (issue 2): WebSocket upgrades through the inbound and
-//! outbound listeners (and past `--header-read-timeout`), absolute-form and Host-routed
-//! outbound requests to the `--peer` table, `NAME:--peer-port` and a second proxy's inbound
-//! listener, h2c from the app, and an outbound-only sidecar.
+//! outbound listeners (past `--header-read-timeout`, and closed when silent for `--idle-timeout`),
+//! absolute-form and Host-routed outbound requests to the `--peer` table, `NAME:--peer-port`
+//! and a second proxy's inbound listener, h2c from the app, and an outbound-only sidecar.
 
 mod support;
 
@@ -60,6 +60,49 @@ async fn websocket_outlives_the_header_read_timeout() {
         assert_eq!(buf, msg, "message {i}");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    assert!(proxy.shutdown().await);
+}
+
+#[tokio::test]
+async fn a_silent_websocket_tunnel_is_closed_at_the_idle_timeout() {
+    let idle = std::time::Duration::from_millis(300);
+    let up = Upstream::start().await;
+    let mut cfg = config(up.addr);
+    cfg.idle_timeout = idle;
+    let proxy = start(cfg).await;
+    let mut s = connect(proxy.inbound.expect("inbound")).await;
+    s.write_all(WS_HANDSHAKE.as_bytes()).await.expect("write");
+    let (head, _) = read_head(&mut s).await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    // A tunnel that moves bytes stays open well past the idle timeout...
+    for i in 0..8u8 {
+        if i > 0 {
+            tokio::time::sleep(idle / 3).await;
+        }
+        let msg = [b'i', i];
+        s.write_all(&msg).await.expect("write");
+        let mut buf = [0u8; 2];
+        tokio::time::timeout(WAIT, s.read_exact(&mut buf))
+            .await
+            .expect("echo in time")
+            .unwrap_or_else(|e| panic!("busy tunnel cut after {i} messages: {e}"));
+        assert_eq!(buf, msg, "message {i}");
+    }
+    // ...and one that goes quiet is closed about the idle timeout later, not left open.
+    let quiet = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let end = tokio::time::timeout(WAIT, s.read(&mut buf))
+        .await
+        .expect("a silent tunnel must be closed at --idle-timeout");
+    assert!(
+        matches!(end, Ok(0) | Err(_)),
+        "expected the tunnel to end, got {end:?}"
+    );
+    assert!(
+        quiet.elapsed() >= idle - std::time::Duration::from_millis(50),
+        "closed after {:?}, before the idle timeout",
+        quiet.elapsed()
+    );
     assert!(proxy.shutdown().await);
 }
 
