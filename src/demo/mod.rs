@@ -117,13 +117,49 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     result
 }
 
+/// The demo's apps and sidecars, so that whatever ends the run (the end of the traffic, an
+/// error, a signal) stops all that was started.
+#[derive(Default)]
+struct Mesh {
+    apps: Vec<DemoApp>,
+    sidecars: Vec<Running>,
+}
+
+/// Start the mesh, send the traffic and print the summary. SIGINT or SIGTERM at any point
+/// stops what was started and returns an error, so [`run`] still removes the demo's keys (a
+/// signal's default action would end the process and leave them behind).
 async fn run_mesh(
     args: &DemoArgs,
     duration: Duration,
     tls: Option<&MeshTls>,
 ) -> anyhow::Result<Summary> {
-    let mut apps = Vec::new();
-    let mut sidecars: Vec<Running> = Vec::new();
+    let stop = crate::app::wait_for_signal();
+    tokio::pin!(stop);
+    let mut mesh = Mesh::default();
+    let result = tokio::select! {
+        r = start_and_send(args, duration, tls, &mut mesh) => r,
+        () = &mut stop => Err(anyhow::anyhow!("demo: interrupted by a signal; the mesh is stopped")),
+    };
+    if result.is_ok() && args.keep_running {
+        stop.await;
+    }
+    for s in &mesh.sidecars {
+        s.shutdown();
+    }
+    for s in mesh.sidecars {
+        let _ = tokio::time::timeout(DRAIN * 2, s.wait()).await;
+    }
+    drop(mesh.apps);
+    result
+}
+
+async fn start_and_send(
+    args: &DemoArgs,
+    duration: Duration,
+    tls: Option<&MeshTls>,
+    mesh: &mut Mesh,
+) -> anyhow::Result<Summary> {
+    let Mesh { apps, sidecars } = mesh;
     let mut inbound: BTreeMap<&'static str, SocketAddr> = BTreeMap::new();
     let mut outbound = BTreeMap::new();
     let mut admins = BTreeMap::new();
@@ -203,15 +239,7 @@ async fn run_mesh(
         for (name, admin) in &admins {
             println!("demo:   {name:<10} http://{admin}/metrics");
         }
-        crate::app::wait_for_signal().await;
     }
-    for s in &sidecars {
-        s.shutdown();
-    }
-    for s in sidecars {
-        let _ = tokio::time::timeout(DRAIN * 2, s.wait()).await;
-    }
-    drop(apps);
     Ok(summary)
 }
 
