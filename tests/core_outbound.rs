@@ -200,6 +200,9 @@ async fn outbound_absolute_form_host_routing_and_second_hop() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.body, "over h2");
     assert_eq!(up.last().version, Version::HTTP_11);
+    // The app behind the peer sidecar sees the name it was called by, not the sidecar's
+    // address (the outbound forwards the caller's `:authority`, RFC 9113 §8.3.1).
+    assert_eq!(up.last().headers["host"], "mesh");
 
     // No destination at all.
     let r = send_as_is(

@@ -149,6 +149,7 @@ async fn caller_identity_reaches_the_callee_and_wrong_peers_are_refused() {
     .expect("response");
     let resp = collect(resp).await.expect("body");
     assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(callee_app.last().headers["host"], "callee");
     let cm = callee.metrics().await;
     assert_eq!(
         cm.sum(

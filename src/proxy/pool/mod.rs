@@ -12,11 +12,14 @@
 //! and dropped before a request is put on it, and a periodic sweep closes connections idle
 //! past [`IDLE_TIMEOUT`] (or closed by the upstream).
 //!
-//! HTTP/2 and upgrades (WebSocket) stay on hyper-util's client: an HTTP/2 connection is shared
-//! by concurrent requests, and an upgraded connection outlives its request.
+//! HTTP/2 to plaintext destinations has its own pool ([`H2Pool`]): one connection shared by
+//! concurrent requests, driven by a task of its own. Upgrades (WebSocket) and ALPN-negotiated
+//! connections to TLS peers stay on hyper-util's client: an upgraded connection outlives its
+//! request.
 
 mod body;
 mod conn;
+mod h2;
 
 use std::future::{poll_fn, Future};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +33,7 @@ use hyper::client::conn::http1;
 
 pub use self::body::PooledBody;
 use self::conn::Conn;
+pub use self::h2::H2Pool;
 use super::body::Body;
 use super::connect::Connector;
 use crate::error::BoxError;

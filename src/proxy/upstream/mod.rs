@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::body::{self, Body, BodyEnd, Observed, OnEnd};
 use super::connect::Connector;
-use super::pool::{self, H1Pool};
+use super::pool::{self, H1Pool, H2Pool};
 use super::stack::Deadline;
 use super::{headers, Dest, Direction};
 use crate::error::{BoxError, ProxyError, UpstreamFailure};
@@ -71,7 +71,8 @@ struct Inner {
     pools_by_identity: RwLock<HashMap<Arc<str>, H1Pool>>,
     auto_builder: hyper_util::client::legacy::Builder,
     connector: Connector,
-    h2: Client<Connector, Body>,
+    /// h2c (prior knowledge) to the local app and plaintext peers.
+    h2: H2Pool,
     metrics: Arc<HttpMetrics>,
     /// A response body that moves no data for this long fails (`--idle-timeout`).
     body_idle_timeout: Duration,
@@ -96,15 +97,7 @@ impl Forward {
         let h1 = b.build(connector.clone());
         let h1_tls = b.build(connector.clone().http1_only());
         let auto_builder = b.clone();
-        let mut b2 = Client::builder(TokioExecutor::new());
-        b2.pool_idle_timeout(pool::IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .http2_only(true)
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .http2_keep_alive_while_idle(false)
-            .http2_adaptive_window(true);
-        let h2 = b2.build(connector.clone());
+        let h2 = H2Pool::new(connector.clone());
         Self {
             inner: Arc::new(Inner {
                 direction,
@@ -182,7 +175,15 @@ impl tower::Service<Request<Body>> for Forward {
                     H2Policy::GrpcOnly => is_grpc(req.headers()),
                 };
             let via = if use_h2 {
-                Via::Client(&inner.h2)
+                // RFC 9113 §8.3.1: an intermediary forwards the caller's authority as
+                // `:authority`; the pool connects to `dest` whatever the URI says.
+                if let Some(a) = downstream_authority
+                    .clone()
+                    .or_else(|| host_authority(&req))
+                {
+                    set_authority(req.uri_mut(), a);
+                }
+                Via::H2(&inner.h2)
             } else {
                 if req.version() == Version::HTTP_2 {
                     downgrade_h2_headers(req.headers_mut(), downstream_authority.as_ref());
@@ -210,6 +211,10 @@ impl tower::Service<Request<Body>> for Forward {
             let result = match via {
                 Via::Pool(pool) => match pool.send(req).await {
                     Ok(r) => Ok(r.map(UpstreamBody::Pooled)),
+                    Err(e) => Err(Failed::Pool(Box::new(e))),
+                },
+                Via::H2(pool) => match pool.send(&dest.authority, req).await {
+                    Ok(r) => Ok(r.map(UpstreamBody::Shared)),
                     Err(e) => Err(Failed::Pool(Box::new(e))),
                 },
                 Via::Client(client) => shared(client.request(req).await),
@@ -297,6 +302,21 @@ impl tower::Service<Request<Body>> for Forward {
                 }
             }
         })
+    }
+}
+
+/// The authority an HTTP/2 request without `:authority` named in `Host`.
+fn host_authority(req: &Request<Body>) -> Option<http::uri::Authority> {
+    let v = req.headers().get(http::header::HOST)?;
+    http::uri::Authority::try_from(v.as_bytes()).ok()
+}
+
+/// Replace the authority of an absolute URI.
+fn set_authority(uri: &mut Uri, authority: http::uri::Authority) {
+    let mut parts = uri.clone().into_parts();
+    parts.authority = Some(authority);
+    if let Ok(u) = Uri::from_parts(parts) {
+        *uri = u;
     }
 }
 

@@ -1,6 +1,6 @@
 //! Which client carries a request: our HTTP/1.1 pools (plain, TLS, one per expected peer
-//! identity) or hyper-util's client (HTTP/2, upgrades), and the body and error types that
-//! hide the difference from `Forward`.
+//! identity), our h2c pool, or hyper-util's client (ALPN to TLS peers, upgrades), and the
+//! body and error types that hide the difference from `Forward`.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -12,12 +12,14 @@ use super::Inner;
 use crate::error::BoxError;
 use crate::proxy::body::Body;
 use crate::proxy::connect::Connector;
-use crate::proxy::pool::{Failure, H1Pool};
+use crate::proxy::pool::{Failure, H1Pool, H2Pool};
 use crate::proxy::Dest;
 
 /// How one request reaches its upstream.
 pub(super) enum Via<'a> {
     Pool(H1Pool),
+    /// h2c to the address in `Dest`; the request's URI keeps the caller's authority.
+    H2(&'a H2Pool),
     Client(&'a Client<Connector, Body>),
     PeerClient(Box<Client<Connector, Body>>),
 }

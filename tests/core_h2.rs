@@ -1,0 +1,223 @@
+//! h2c from the proxy to the app (gRPC) and to plaintext peers: the caller's authority is
+//! forwarded as `:authority` (not the address connected to), concurrent calls share one
+//! connection, and a connection the app closes (GOAWAY) is replaced, not failed on.
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, Version};
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::*;
+
+fn grpc_call(url: &str, authority: Option<&str>) -> Request<Full<Bytes>> {
+    let mut b = Request::post(url)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    if let Some(a) = authority {
+        b = b.header("host", a);
+    }
+    b.body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+        .expect("request")
+}
+
+#[tokio::test]
+async fn grpc_to_the_app_keeps_the_callers_authority_on_one_connection() {
+    let up = Upstream::start().await;
+    let proxy = start(config(up.addr)).await;
+    let inbound = proxy.inbound.expect("inbound");
+    let client = h2_client();
+    let url = proxy.inbound_url("/pkg.Svc/Call");
+    let calls = (0..8).map(|_| send(&client, grpc_call(&url, None)));
+    for r in futures_util::future::join_all(calls).await {
+        let r = r.expect("response");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    for _ in 0..4 {
+        let r = send(&client, grpc_call(&url, None))
+            .await
+            .expect("response");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let seen = up.requests();
+    assert_eq!(seen.len(), 12);
+    for s in &seen {
+        assert_eq!(s.version, Version::HTTP_2, "gRPC goes to the app over h2c");
+        // The caller called the sidecar's address; the app is elsewhere. The app sees what
+        // the caller asked for (RFC 9113 §8.3.1), as Envoy and Linkerd forward it.
+        assert_eq!(
+            s.uri.authority().map(|a| a.as_str().to_string()),
+            Some(inbound.to_string()),
+            "{:?}",
+            s.uri
+        );
+    }
+    assert_eq!(up.connections(), 1, "12 calls share one h2 connection");
+    assert!(proxy.shutdown().await);
+}
+
+#[tokio::test]
+async fn h2c_through_a_plaintext_peer_keeps_the_service_name() {
+    let up = Upstream::start().await;
+    let callee = start(config(up.addr)).await;
+    let mut cfg = config(up.addr);
+    cfg.peers = vec![format!(
+        "samples=127.0.0.1:{}",
+        callee.inbound.expect("inbound").port()
+    )
+    .parse()
+    .expect("peer")];
+    let caller = start(cfg).await;
+    let tcp = tokio::net::TcpStream::connect(caller.outbound_addr())
+        .await
+        .expect("connect");
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    for url in ["http://samples/plain", "http://samples/grpc"] {
+        let req = if url.ends_with("grpc") {
+            grpc_call(url, None)
+        } else {
+            Request::get(url)
+                .body(Full::new(Bytes::new()))
+                .expect("req")
+        };
+        let resp = tokio::time::timeout(WAIT, h2.send_request(req))
+            .await
+            .expect("in time")
+            .expect("response");
+        let r = collect(resp).await.expect("body");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let seen = up.last();
+        if url.ends_with("grpc") {
+            // h2c end to end: `:authority` is the service name at every hop.
+            assert_eq!(seen.version, Version::HTTP_2);
+            assert_eq!(seen.uri.authority().map(|a| a.as_str()), Some("samples"));
+        } else {
+            // Down to HTTP/1.1 at the callee's sidecar: `:authority` became `Host`.
+            assert_eq!(seen.version, Version::HTTP_11);
+            assert_eq!(seen.headers["host"], "samples");
+        }
+    }
+    assert!(caller.shutdown().await);
+    assert!(callee.shutdown().await);
+}
+
+/// An h2c app that answers one request per connection and then closes it with GOAWAY (a
+/// graceful restart, a max-requests policy). Returns its address and accepted connections.
+async fn one_call_per_connection_app() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let answered = Arc::new(tokio::sync::Notify::new());
+                let signal = answered.clone();
+                let svc = hyper::service::service_fn(move |_req| {
+                    signal.notify_one();
+                    async {
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"one"))))
+                    }
+                });
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    () = answered.notified() => conn.as_mut().graceful_shutdown(),
+                }
+                let _ = conn.await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn an_h2_connection_the_app_closed_is_replaced() {
+    let (app, accepted) = one_call_per_connection_app().await;
+    let proxy = start(config(app)).await;
+    let client = h2_client();
+    let url = proxy.inbound_url("/pkg.Svc/Call");
+    for i in 0..5 {
+        let r = send(&client, grpc_call(&url, None))
+            .await
+            .unwrap_or_else(|e| panic!("call {i}: {e}"));
+        assert_eq!(r.status, 200, "call {i}: {}", r.text());
+        assert_eq!(r.body, "one");
+        // The app's GOAWAY reaches the proxy between calls.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        accepted.load(Ordering::Relaxed),
+        5,
+        "a new connection for each call after the app closed the last"
+    );
+    let m = proxy.metrics().await;
+    assert_eq!(
+        m.sum("tracseq_proxy_upstream_errors_total", &[]),
+        0.0,
+        "a closed idle connection is no upstream error"
+    );
+    assert!(proxy.shutdown().await);
+}
+
+#[tokio::test]
+async fn a_burst_to_a_refusing_app_fails_then_connects_once_it_is_up() {
+    let dead = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let mut cfg = config(dead);
+    cfg.breaker_failures = 1000;
+    let proxy = start(cfg).await;
+    let client = h2_client();
+    let url = proxy.inbound_url("/pkg.Svc/Call");
+    let burst = || {
+        let calls = (0..6).map(|_| send(&client, grpc_call(&url, None)));
+        tokio::time::timeout(WAIT, futures_util::future::join_all(calls))
+    };
+    for r in burst().await.expect("every call answered in time") {
+        let r = r.expect("response");
+        assert_eq!(r.status, 502, "{}", r.text());
+        assert_eq!(
+            r.headers
+                .get("tracseq-proxy-error")
+                .and_then(|v| v.to_str().ok()),
+            Some("upstream-unavailable")
+        );
+    }
+    let m = proxy.metrics().await;
+    assert!(
+        m.sum(
+            "tracseq_proxy_upstream_errors_total",
+            &[("direction", "inbound"), ("kind", "connect")]
+        ) >= 1.0,
+        "connect failures are counted as such"
+    );
+    // The app comes up on its address: the failed attempt was not kept, the next burst
+    // connects (once) and is served.
+    let listener = tokio::net::TcpListener::bind(dead)
+        .await
+        .unwrap_or_else(|e| panic!("rebinding {dead} for the app: {e}"));
+    let up = Upstream::serve(listener);
+    for r in burst().await.expect("every call answered in time") {
+        let r = r.expect("response");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(up.connections(), 1);
+    assert!(proxy.shutdown().await);
+}
