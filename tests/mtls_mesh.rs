@@ -6,7 +6,7 @@
 mod support;
 
 use bytes::Bytes;
-use http::Request;
+use http::{Request, Version};
 use http_body_util::Full;
 use support::pki::*;
 use support::*;
@@ -150,13 +150,34 @@ async fn caller_identity_reaches_the_callee_and_wrong_peers_are_refused() {
     let resp = collect(resp).await.expect("body");
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(callee_app.last().headers["host"], "callee");
+    // gRPC on the same connection: h2c from the callee's sidecar to its app, whose
+    // `:authority` is the service name too (not the callee sidecar's address).
+    let resp = tokio::time::timeout(
+        WAIT,
+        h2.send_request(
+            Request::post("http://callee/pkg.Samples/List")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(Full::new(Bytes::new()))
+                .expect("request"),
+        ),
+    )
+    .await
+    .expect("in time")
+    .expect("response");
+    let resp = collect(resp).await.expect("body");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let seen = callee_app.last();
+    assert_eq!(seen.version, Version::HTTP_2);
+    assert_eq!(seen.uri.authority().map(|a| a.as_str()), Some("callee"));
     let cm = callee.metrics().await;
     assert_eq!(
         cm.sum(
             "http_server_request_duration_seconds_count",
             &[("direction", "inbound"), ("network_protocol_version", "2")]
         ),
-        1.0
+        2.0,
+        "both HTTP/2 calls crossed the mesh as HTTP/2"
     );
     assert_eq!(
         cm.sum(

@@ -4,6 +4,7 @@
 //! (WebSocket) are tunnelled byte for byte once both sides switched protocols.
 
 mod route;
+mod target;
 
 use foldhash::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
@@ -33,12 +34,6 @@ pub enum H2Policy {
     GrpcOnly,
     /// Whenever the caller spoke HTTP/2: peer sidecars accept both.
     FollowDownstream,
-}
-
-fn is_grpc(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// An expected peer identity, and whether h2 is offered in ALPN.
@@ -157,36 +152,21 @@ impl tower::Service<Request<Body>> for Forward {
             let client_cut_happened = move |f: &Option<Arc<AtomicBool>>| {
                 f.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
             };
-            let downstream_authority = req.uri().authority().cloned();
-            let mut parts = std::mem::take(req.uri_mut()).into_parts();
-            parts.scheme = Some(http::uri::Scheme::HTTP);
-            parts.authority = Some(dest.authority.clone());
-            if parts.path_and_query.is_none() {
-                parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-            }
-            *req.uri_mut() = Uri::from_parts(parts)
-                .map_err(|e| ProxyError::new(crate::error::ErrorKind::BadRequest).with_source(e))?;
             let method = Method::from_http(req.method());
             let h2_caller = req.version() == Version::HTTP_2;
             let use_h2 = !inner.alpn
-                && req.version() == Version::HTTP_2
+                && h2_caller
                 && match inner.h2_policy {
                     H2Policy::FollowDownstream => true,
-                    H2Policy::GrpcOnly => is_grpc(req.headers()),
+                    H2Policy::GrpcOnly => target::is_grpc(req.headers()),
                 };
+            let downstream_authority = target::aim(&mut req, &dest, use_h2)
+                .map_err(|e| ProxyError::new(crate::error::ErrorKind::BadRequest).with_source(e))?;
             let via = if use_h2 {
-                // RFC 9113 §8.3.1: an intermediary forwards the caller's authority as
-                // `:authority`; the pool connects to `dest` whatever the URI says.
-                if let Some(a) = downstream_authority
-                    .clone()
-                    .or_else(|| host_authority(&req))
-                {
-                    set_authority(req.uri_mut(), a);
-                }
                 Via::H2(&inner.h2)
             } else {
-                if req.version() == Version::HTTP_2 {
-                    downgrade_h2_headers(req.headers_mut(), downstream_authority.as_ref());
+                if h2_caller {
+                    target::downgrade_h2_headers(req.headers_mut(), downstream_authority.as_ref());
                 }
                 *req.version_mut() = Version::HTTP_11;
                 inner.route(&dest, h2_caller, upgrade.is_some())
@@ -302,43 +282,6 @@ impl tower::Service<Request<Body>> for Forward {
                 }
             }
         })
-    }
-}
-
-/// The authority an HTTP/2 request without `:authority` named in `Host`.
-fn host_authority(req: &Request<Body>) -> Option<http::uri::Authority> {
-    let v = req.headers().get(http::header::HOST)?;
-    http::uri::Authority::try_from(v.as_bytes()).ok()
-}
-
-/// Replace the authority of an absolute URI.
-fn set_authority(uri: &mut Uri, authority: http::uri::Authority) {
-    let mut parts = uri.clone().into_parts();
-    parts.authority = Some(authority);
-    if let Ok(u) = Uri::from_parts(parts) {
-        *uri = u;
-    }
-}
-
-/// HTTP/2 → HTTP/1.1 header rules (RFC 9113 §8.3.1, §8.2.3): the authority becomes `Host`,
-/// and split `cookie` fields are joined with "; " (HTTP/1.1 allows one `Cookie` line).
-fn downgrade_h2_headers(h: &mut http::HeaderMap, authority: Option<&http::uri::Authority>) {
-    use http::header::{COOKIE, HOST};
-    if !h.contains_key(HOST) {
-        if let Some(v) = authority.and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()) {
-            h.insert(HOST, v);
-        }
-    }
-    if h.get_all(COOKIE).iter().nth(1).is_some() {
-        let joined: Vec<u8> = h
-            .get_all(COOKIE)
-            .iter()
-            .map(http::HeaderValue::as_bytes)
-            .collect::<Vec<_>>()
-            .join(&b"; "[..]);
-        if let Ok(v) = http::HeaderValue::from_bytes(&joined) {
-            h.insert(COOKIE, v);
-        }
     }
 }
 
