@@ -147,6 +147,11 @@ fn bad_values_name_the_flag_and_where_it_came_from() {
         (&["--rate-limit", "5/x"], "--rate-limit"),
         (&["--workers", "0"], "--workers"),
         (&["--log-format", "xml"], "--log-format"),
+        (
+            &["--otlp-endpoint", "https://collector:4317"],
+            "--otlp-endpoint",
+        ),
+        (&["--otlp-endpoint", "collector:4317"], "--otlp-endpoint"),
     ] {
         let mut all = up.to_vec();
         all.extend_from_slice(args);
@@ -186,6 +191,22 @@ fn bad_values_name_the_flag_and_where_it_came_from() {
     assert!(
         bad.starts_with("--otlp-protocol (from OTEL_EXPORTER_OTLP_PROTOCOL)"),
         "{bad}"
+    );
+    // The endpoint from the environment is checked like the flag: no silent TLS failure.
+    std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318");
+    let bad = parse(&up);
+    std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318");
+    let good = parse(&up);
+    std::env::remove_var("OTEL_EXPORTER_OTLP_ENDPOINT");
+    let bad = bad.expect_err("https refused");
+    assert!(
+        bad.starts_with("--otlp-endpoint (from OTEL_EXPORTER_OTLP_ENDPOINT)")
+            && bad.contains("TLS is not supported"),
+        "{bad}"
+    );
+    assert_eq!(
+        good.expect("valid").otlp_endpoint.as_deref(),
+        Some("http://collector:4318")
     );
 }
 

@@ -220,17 +220,30 @@ pub(super) fn resolve(src: &Sources<'_>) -> Result<Config, ConfigError> {
         .map(|s| s.parse::<RouteTemplate>().map_err(|e| routes_src.err(e)))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let otlp_endpoint = match val(src, "otlp_endpoint", |s| {
+    let endpoint = |s: &str| {
         let uri: http::Uri = s.parse().map_err(|e| format!("invalid URL \"{s}\": {e}"))?;
         match uri.scheme_str() {
-            Some("http") | Some("https") if uri.authority().is_some() => Ok(s.to_string()),
+            Some("http") if uri.authority().is_some() => Ok(s.to_string()),
+            // Neither exporter is built with TLS: refused here rather than failing every
+            // export later (HTTP) or with advice about crate features (gRPC).
+            Some("https") => Err(format!(
+                "\"{s}\": OTLP over TLS is not supported; export to a collector over \
+                 http:// (e.g. a node-local agent) and let it forward over TLS"
+            )),
             _ => Err(format!("invalid URL \"{s}\" (expected http://host:port)")),
         }
-    })? {
+    };
+    let otlp_endpoint = match val(src, "otlp_endpoint", endpoint)? {
         Some(e) => Some(e),
-        None => std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .ok()
-            .filter(|s| !s.is_empty()),
+        // The OpenTelemetry standard variable, checked the same way.
+        None => match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            Ok(v) if !v.is_empty() => Some(endpoint(&v).map_err(|e| {
+                ConfigError(format!(
+                    "--otlp-endpoint (from OTEL_EXPORTER_OTLP_ENDPOINT): {e}"
+                ))
+            })?),
+            _ => None,
+        },
     };
     let protocol = |s: &str| match s {
         "grpc" => Ok(OtlpProtocol::Grpc),
