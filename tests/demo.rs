@@ -93,6 +93,8 @@ async fn demo_rejects_a_bad_duration() {
 struct DemoBin {
     child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
+    /// stderr, drained as it comes so a chatty child never blocks on a full pipe.
+    stderr: std::thread::JoinHandle<String>,
     tmp: tempfile::TempDir,
 }
 
@@ -108,6 +110,13 @@ impl DemoBin {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("the binary starts");
+        let mut err = child.stderr.take().expect("stderr");
+        let stderr = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
         let out = child.stdout.take().expect("stdout");
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -115,7 +124,12 @@ impl DemoBin {
                 let _ = tx.send(line);
             }
         });
-        Self { child, lines, tmp }
+        Self {
+            child,
+            lines,
+            stderr,
+            tmp,
+        }
     }
 
     /// Wait (bounded) for a stdout line containing `needle`.
@@ -143,7 +157,6 @@ impl DemoBin {
     /// SIGINT (Ctrl-C) through the `kill` command; returns the exit code, stderr and the key
     /// directories left behind.
     fn interrupt(mut self) -> (Option<i32>, String, Vec<String>) {
-        use std::io::Read;
         assert_eq!(
             self.key_dirs().len(),
             1,
@@ -165,11 +178,8 @@ impl DemoBin {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         };
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
         let left = self.key_dirs();
+        let err = self.stderr.join().expect("stderr reader");
         (code, err, left)
     }
 }

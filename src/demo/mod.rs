@@ -107,11 +107,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
         std::process::id(),
         rand::random::<u32>()
     ));
+    // SIGINT and SIGTERM are caught from here on (the first poll installs the handlers), so
+    // no signal ends the process between writing the keys and removing them.
+    let stop = crate::app::wait_for_signal();
+    tokio::pin!(stop);
+    std::future::poll_fn(|cx| {
+        let _ = std::future::Future::poll(stop.as_mut(), cx);
+        std::task::Poll::Ready(())
+    })
+    .await;
     let mut names: Vec<&str> = SERVICES.iter().map(|(p, _)| p.name).collect();
     names.push(FRONTEND);
-    let tls = mesh_tls(&tls_dir, &names).context("creating the demo CA")?;
-    let result = run_mesh(&args, duration, tls.as_ref()).await;
-    if tls.is_some() {
+    let result = match mesh_tls(&tls_dir, &names).context("creating the demo CA") {
+        Ok(tls) => run_mesh(&args, duration, tls.as_ref(), stop.as_mut()).await,
+        Err(e) => Err(e),
+    };
+    // Whatever happened (keys half written included), nothing is left behind.
+    if tls_dir.exists() {
         let _ = std::fs::remove_dir_all(&tls_dir);
     }
     result
@@ -125,20 +137,20 @@ struct Mesh {
     sidecars: Vec<Running>,
 }
 
-/// Start the mesh, send the traffic and print the summary. SIGINT or SIGTERM at any point
+/// Start the mesh, send the traffic and print the summary. A signal (`stop`) at any point
 /// stops what was started and returns an error, so [`run`] still removes the demo's keys (a
-/// signal's default action would end the process and leave them behind).
+/// signal's default action would end the process and leave them behind). A sidecar caught
+/// half-started is dropped without a drain.
 async fn run_mesh(
     args: &DemoArgs,
     duration: Duration,
     tls: Option<&MeshTls>,
+    mut stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> anyhow::Result<Summary> {
-    let stop = crate::app::wait_for_signal();
-    tokio::pin!(stop);
     let mut mesh = Mesh::default();
     let result = tokio::select! {
         r = start_and_send(args, duration, tls, &mut mesh) => r,
-        () = &mut stop => Err(anyhow::anyhow!("demo: interrupted by a signal; the mesh is stopped")),
+        () = stop.as_mut() => Err(anyhow::anyhow!("demo: interrupted by a signal; the mesh is stopped")),
     };
     if result.is_ok() && args.keep_running {
         stop.await;

@@ -6,9 +6,14 @@
 //! the caller's authority (RFC 9113 §8.3.1) while connecting to the address it routed to, so
 //! here the address is a separate argument: the app behind a peer sidecar sees the service
 //! name it was called by, not the sidecar's `host:port`.
+//!
+//! Each connection has an id. A request that a connection handed back unsent (a GOAWAY, or
+//! the connection closed as the request was queued) retries with that id: only the
+//! connection that failed it is replaced, so a GOAWAY with many requests queued opens one
+//! new connection, not one per request.
 
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -26,49 +31,59 @@ use crate::proxy::connect::Connector;
 /// HTTP/2 PING interval on a connection with streams open: finds a dead peer under a
 /// long-running stream (gRPC streaming) without waiting for TCP.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// Connections one request may be tried on when each hands it back unsent (GOAWAY): enough
+/// for a graceful restart of the app, bounded for an app that closes every connection.
+const MAX_ATTEMPTS: u32 = 3;
 
 /// A connection open or being opened to one address. While it is being opened, every request
 /// for that address waits for the same attempt (and shares its failure): a burst of calls
 /// opens one connection, as hyper-util's client does for HTTP/2.
 enum Slot {
     Open {
+        id: u64,
         sender: http2::SendRequest<Body>,
         last_used: Instant,
     },
-    Connecting(Connecting),
+    Connecting {
+        id: u64,
+        attempt: Connecting,
+    },
 }
 
-type Connecting = Shared<BoxFuture<'static, Result<http2::SendRequest<Body>, ConnectFailed>>>;
+type Opened = (u64, http2::SendRequest<Body>);
+type Connecting = Shared<BoxFuture<'static, Result<Opened, ConnectFailed>>>;
 
 /// A failed connection attempt, shared by every request that waited for it.
 #[derive(Clone, Debug)]
 struct ConnectFailed(Arc<SendError>);
 
 impl ConnectFailed {
-    /// The error itself, without `SendError`'s wording (the waiter wraps it again).
-    fn cause(&self) -> &(dyn std::error::Error + 'static) {
-        match &*self.0 {
-            SendError::Connect(e) => e.as_ref(),
-            other => other,
-        }
+    /// The error for one waiter: the original for the last one, a reference to it otherwise.
+    fn into_send_error(self) -> SendError {
+        Arc::try_unwrap(self.0).unwrap_or_else(|shared| SendError::Connect(Self(shared).into()))
     }
 }
 
 impl std::fmt::Display for ConnectFailed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(self.cause(), f)
+        f.write_str("the shared connection attempt failed")
     }
 }
 
 impl std::error::Error for ConnectFailed {
+    /// The attempt's own error, so classification (`classify::pool_error`) sees through.
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(self.cause())
+        match &*self.0 {
+            SendError::Connect(e) => Some(e.as_ref()),
+            other => Some(other),
+        }
     }
 }
 
 struct Inner {
     connector: Connector,
     conns: Mutex<foldhash::HashMap<Authority, Slot>>,
+    next_id: AtomicU64,
     sweeper_started: AtomicBool,
 }
 
@@ -78,12 +93,18 @@ pub struct H2Pool {
     shared: Arc<Inner>,
 }
 
+enum Checkout {
+    Open(Opened),
+    Wait(Connecting),
+}
+
 impl H2Pool {
     pub fn new(connector: Connector) -> Self {
         Self {
             shared: Arc::new(Inner {
                 connector,
                 conns: Mutex::new(foldhash::HashMap::default()),
+                next_id: AtomicU64::new(1),
                 sweeper_started: AtomicBool::new(false),
             }),
         }
@@ -96,29 +117,28 @@ impl H2Pool {
         address: &Authority,
         mut req: Request<Body>,
     ) -> Result<Response<Incoming>, Failure> {
-        // After a pooled connection failed a request it never sent, the retry connects anew.
-        let mut fresh = false;
+        // The connection that last handed the request back unsent.
+        let mut failed = None;
+        let mut attempts = 0;
         loop {
-            let (mut sender, reused) = match self.checkout(address, fresh) {
-                Ok(sender) => (sender, true),
-                Err(connecting) => match connecting.await {
-                    Ok(sender) => (sender, false),
-                    Err(ConnectFailed(error)) => {
-                        let error = Arc::try_unwrap(error).unwrap_or_else(|shared| {
-                            SendError::Connect(ConnectFailed(shared).into())
-                        });
+            attempts += 1;
+            let (id, mut sender) = match self.checkout(address, failed) {
+                Checkout::Open(opened) => opened,
+                Checkout::Wait(attempt) => match attempt.await {
+                    Ok(opened) => opened,
+                    Err(e) => {
                         return Err(Failure {
-                            error,
+                            error: e.into_send_error(),
                             unsent: Some(req),
-                        });
+                        })
                     }
                 },
             };
-            // Waits while the peer's stream limit is reached; fails if the connection closed.
+            // Fails only if the connection has closed (hyper queues requests past the
+            // peer's stream limit inside the connection).
             if let Err(e) = poll_fn(|cx| sender.poll_ready(cx)).await {
-                self.forget_closed(address);
-                if reused {
-                    fresh = true;
+                if attempts < MAX_ATTEMPTS {
+                    failed = Some(id);
                     continue;
                 }
                 return Err(Failure {
@@ -129,11 +149,10 @@ impl H2Pool {
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(resp),
                 Err(mut e) => match e.take_message() {
-                    // Never sent (the connection went away, e.g. a GOAWAY, as the request
-                    // was queued): safe on a new connection.
-                    Some(back) if reused => {
-                        self.forget_closed(address);
-                        fresh = true;
+                    // Never sent (a GOAWAY, or the connection closed as the request was
+                    // queued): safe on another connection.
+                    Some(back) if attempts < MAX_ATTEMPTS => {
+                        failed = Some(id);
                         req = back;
                     }
                     back => {
@@ -147,69 +166,61 @@ impl H2Pool {
         }
     }
 
-    /// The open connection to `address`, or the attempt to open one to wait for (started
-    /// here if there is none, or if `fresh`).
-    fn checkout(
-        &self,
-        address: &Authority,
-        fresh: bool,
-    ) -> Result<http2::SendRequest<Body>, Connecting> {
+    /// The open connection to `address`, or the attempt to open one to wait for: the one in
+    /// progress, else a new one (when there is none, the connection closed, or it is the
+    /// connection `failed` that handed a request back).
+    fn checkout(&self, address: &Authority, failed: Option<u64>) -> Checkout {
         let Ok(mut map) = self.shared.conns.lock() else {
-            return Err(self.connecting(address));
+            return Checkout::Wait(self.attempt(address, 0));
         };
         match map.get_mut(address) {
-            Some(Slot::Open { sender, last_used }) if !fresh && !sender.is_closed() => {
+            Some(Slot::Open {
+                id,
+                sender,
+                last_used,
+            }) if Some(*id) != failed && !sender.is_closed() => {
                 *last_used = Instant::now();
-                return Ok(sender.clone());
+                return Checkout::Open((*id, sender.clone()));
             }
-            Some(Slot::Connecting(c)) if !fresh => return Err(c.clone()),
+            Some(Slot::Connecting { attempt, .. }) => return Checkout::Wait(attempt.clone()),
             _ => {}
         }
-        let c = self.connecting(address);
-        map.insert(address.clone(), Slot::Connecting(c.clone()));
-        Err(c)
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let attempt = self.attempt(address, id);
+        map.insert(
+            address.clone(),
+            Slot::Connecting {
+                id,
+                attempt: attempt.clone(),
+            },
+        );
+        Checkout::Wait(attempt)
     }
 
-    /// Drop the connection to `address` if it has closed (a newer one stays).
-    fn forget_closed(&self, address: &Authority) {
-        if let Ok(mut map) = self.shared.conns.lock() {
-            if matches!(map.get(address), Some(Slot::Open { sender, .. }) if sender.is_closed()) {
-                map.remove(address);
-            }
-        }
-    }
-
-    /// An attempt to open a connection to `address`, which files its own result: the open
-    /// connection in place of the attempt, or no entry after a failure (the next request
-    /// tries again).
-    fn connecting(&self, address: &Authority) -> Connecting {
+    /// Open connection `id` to `address` on a task of its own, so the attempt ends (within
+    /// `--connect-timeout`) and files its result even if every request waiting for it gave
+    /// up: the open connection in place of the attempt, or no entry after a failure (the
+    /// next request tries again).
+    fn attempt(&self, address: &Authority, id: u64) -> Connecting {
         let pool = Arc::downgrade(&self.shared);
         let connector = self.shared.connector.clone();
         let address = address.clone();
-        async move {
+        let task = tokio::spawn(async move {
             let result = open(connector, &address).await;
             if let Some(pool) = pool.upgrade() {
-                if let Ok(mut map) = pool.conns.lock() {
-                    match &result {
-                        Ok(sender) => {
-                            map.insert(
-                                address,
-                                Slot::Open {
-                                    sender: sender.clone(),
-                                    last_used: Instant::now(),
-                                },
-                            );
-                        }
-                        Err(_) => {
-                            if matches!(map.get(&address), Some(Slot::Connecting(_))) {
-                                map.remove(&address);
-                            }
-                        }
-                    }
-                }
+                pool.file(&address, id, &result);
                 H2Pool { shared: pool }.start_sweeper();
             }
-            result.map_err(|e| ConnectFailed(Arc::new(e)))
+            result
+                .map(|sender| (id, sender))
+                .map_err(|e| ConnectFailed(Arc::new(e)))
+        });
+        async move {
+            task.await.unwrap_or_else(|e| {
+                Err(ConnectFailed(Arc::new(SendError::Connect(
+                    format!("connection attempt ended: {e}").into(),
+                ))))
+            })
         }
         .boxed()
         .shared()
@@ -235,13 +246,44 @@ impl H2Pool {
 }
 
 impl Inner {
+    /// The result of attempt `id`, in place of it (and of nothing else).
+    fn file(
+        &self,
+        address: &Authority,
+        id: u64,
+        result: &Result<http2::SendRequest<Body>, SendError>,
+    ) {
+        let Ok(mut map) = self.conns.lock() else {
+            return;
+        };
+        if !matches!(map.get(address), Some(Slot::Connecting { id: mine, .. }) if *mine == id) {
+            return;
+        }
+        match result {
+            Ok(sender) => {
+                map.insert(
+                    address.clone(),
+                    Slot::Open {
+                        id,
+                        sender: sender.clone(),
+                        last_used: Instant::now(),
+                    },
+                );
+            }
+            Err(_) => {
+                map.remove(address);
+            }
+        }
+    }
+
     fn sweep(&self) {
         if let Ok(mut map) = self.conns.lock() {
             map.retain(|_, slot| match slot {
-                Slot::Open { sender, last_used } => {
-                    !sender.is_closed() && last_used.elapsed() < IDLE_TIMEOUT
-                }
-                Slot::Connecting(_) => true,
+                Slot::Open {
+                    sender, last_used, ..
+                } => !sender.is_closed() && last_used.elapsed() < IDLE_TIMEOUT,
+                // Ends on its own within --connect-timeout, and files its result.
+                Slot::Connecting { .. } => true,
             });
         }
     }

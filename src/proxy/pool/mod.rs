@@ -80,7 +80,8 @@ impl std::error::Error for SendError {
 }
 
 /// A failed exchange, with the request when it was never sent (no connection could be
-/// opened): the caller may send it again without having kept a copy.
+/// opened, or an HTTP/2 connection handed it back): the caller may send it again without
+/// having kept a copy. (The retry layer does so for connect failures only.)
 pub struct Failure {
     pub error: SendError,
     pub unsent: Option<Request<Body>>,

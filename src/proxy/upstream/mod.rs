@@ -160,7 +160,8 @@ impl tower::Service<Request<Body>> for Forward {
                     H2Policy::FollowDownstream => true,
                     H2Policy::GrpcOnly => target::is_grpc(req.headers()),
                 };
-            let downstream_authority = target::aim(&mut req, &dest, use_h2)
+            let host_first = inner.direction == Direction::Inbound;
+            let downstream_authority = target::aim(&mut req, &dest, use_h2, host_first)
                 .map_err(|e| ProxyError::new(crate::error::ErrorKind::BadRequest).with_source(e))?;
             let via = if use_h2 {
                 Via::H2(&inner.h2)

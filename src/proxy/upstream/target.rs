@@ -17,19 +17,27 @@ pub(super) fn is_grpc(headers: &http::HeaderMap) -> bool {
 /// in it. HTTP/1.1 and ALPN calls name `dest` (their pools and hyper-util's client take the
 /// address from the URI; the caller's `Host` header goes along untouched). h2c calls keep the
 /// caller's authority, which becomes `:authority` (RFC 9113 §8.3.1: an intermediary forwards
-/// it); their pool connects to `dest` whatever the URI names.
+/// it); their pool connects to `dest` whatever the URI names. Outbound that is the authority
+/// the request was routed by (`:authority` before `Host`); inbound (`host_first`) a `Host`
+/// goes first: an HTTP/2 request carrying both comes from a peer sidecar whose ALPN client
+/// had to put the peer's address in `:authority` and the name in `Host`. Either way the h2c
+/// request leaves without a `Host` that could contradict its `:authority`.
 pub(super) fn aim(
     req: &mut Request<Body>,
     dest: &Dest,
     h2c: bool,
+    host_first: bool,
 ) -> Result<Option<Authority>, http::uri::InvalidUriParts> {
     let downstream = req.uri().authority().cloned();
     let authority = if h2c {
-        // `Host` first: an HTTP/2 request that has one besides `:authority` came from a
-        // sidecar whose ALPN client had to name the peer's address in `:authority`.
-        host_authority(req)
-            .or_else(|| downstream.clone())
-            .unwrap_or_else(|| dest.authority.clone())
+        let host = host_authority(req);
+        req.headers_mut().remove(http::header::HOST);
+        let (first, second) = if host_first {
+            (host, downstream.clone())
+        } else {
+            (downstream.clone(), host)
+        };
+        first.or(second).unwrap_or_else(|| dest.authority.clone())
     } else {
         dest.authority.clone()
     };
