@@ -126,6 +126,10 @@ async fn two_sidecars_one_trace(protocol: Protocol) {
         assert!(c
             .attr("url.full")
             .is_some_and(|u| u.ends_with("/api/samples/42")));
+        // Its authority is the address connected to, as `server.address`/`server.port` say.
+        let full = c.attr("url.full").expect("url.full");
+        let port = c.attr("server.port").expect("server.port");
+        assert!(full.contains(&format!(":{port}/")), "{full}");
     }
 }
 

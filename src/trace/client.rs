@@ -52,14 +52,16 @@ impl ClientSpan {
                 dest.authority.host().to_string(),
             ));
             attrs.push(KeyValue::new("server.port", i64::from(dest.port)));
-            // The query is left out: it may carry tokens, and spans leave the machine.
+            // The query is left out: it may carry tokens, and spans leave the machine. The
+            // authority is the address connected to, like `server.address` (an h2c request's
+            // URI carries the caller's authority instead; HTTP/1's carries the address).
             let uri = req.uri();
             attrs.push(KeyValue::new(
                 "url.full",
                 format!(
                     "{}://{}{}",
                     uri.scheme_str().unwrap_or("http"),
-                    uri.authority().map_or("", |a| a.as_str()),
+                    dest.authority.as_str(),
                     uri.path()
                 ),
             ));
