@@ -148,7 +148,7 @@ fn bad_values_name_the_flag_and_where_it_came_from() {
         (&["--workers", "0"], "--workers"),
         (&["--log-format", "xml"], "--log-format"),
         (
-            &["--otlp-endpoint", "https://collector:4317"],
+            &["--otlp-endpoint", "ftp://collector:4317"],
             "--otlp-endpoint",
         ),
         (&["--otlp-endpoint", "collector:4317"], "--otlp-endpoint"),
@@ -192,21 +192,41 @@ fn bad_values_name_the_flag_and_where_it_came_from() {
         bad.starts_with("--otlp-protocol (from OTEL_EXPORTER_OTLP_PROTOCOL)"),
         "{bad}"
     );
-    // The endpoint from the environment is checked like the flag: no silent TLS failure.
-    std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318");
+    // The endpoint from the environment is checked like the flag.
+    std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318");
     let bad = parse(&up);
-    std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318");
+    std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318");
+    std::env::set_var("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/collector/ca.pem");
     let good = parse(&up);
-    std::env::remove_var("OTEL_EXPORTER_OTLP_ENDPOINT");
-    let bad = bad.expect_err("https refused");
+    // A client certificate without its key is refused, naming the variable.
+    std::env::set_var("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/etc/me.pem");
+    let half = parse(&up);
+    for v in [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+    ] {
+        std::env::remove_var(v);
+    }
+    let bad = bad.expect_err("no scheme");
     assert!(
-        bad.starts_with("--otlp-endpoint (from OTEL_EXPORTER_OTLP_ENDPOINT)")
-            && bad.contains("TLS is not supported"),
+        bad.starts_with("--otlp-endpoint (from OTEL_EXPORTER_OTLP_ENDPOINT)"),
         "{bad}"
     );
+    let good = good.expect("valid");
     assert_eq!(
-        good.expect("valid").otlp_endpoint.as_deref(),
-        Some("http://collector:4318")
+        good.otlp_endpoint.as_deref(),
+        Some("https://collector:4318")
+    );
+    assert_eq!(
+        good.otlp_tls.ca.as_deref(),
+        Some(std::path::Path::new("/etc/collector/ca.pem"))
+    );
+    let half = half.expect_err("certificate without key");
+    assert!(
+        half.contains("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE")
+            && half.contains("OTEL_EXPORTER_OTLP_CLIENT_KEY"),
+        "{half}"
     );
 }
 

@@ -56,6 +56,16 @@ pub enum OtlpProtocol {
     Http,
 }
 
+/// TLS settings for an `https://` OTLP endpoint. Not flags: OpenTelemetry's standard
+/// variables `OTEL_EXPORTER_OTLP_CERTIFICATE` (the CAs to trust, PEM; else the system's) and
+/// `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` + `OTEL_EXPORTER_OTLP_CLIENT_KEY` (an identity to
+/// present, for a collector that asks for one).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OtlpTls {
+    pub ca: Option<std::path::PathBuf>,
+    pub client_identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -101,6 +111,8 @@ pub struct Config {
     pub routes: Vec<RouteTemplate>,
     pub otlp_endpoint: Option<String>,
     pub otlp_protocol: OtlpProtocol,
+    /// TLS to an `https://` endpoint, from OpenTelemetry's standard variables.
+    pub otlp_tls: OtlpTls,
     pub trace_sample_ratio: f64,
     pub propagation_b3: bool,
     pub log_format: LogFormat,
@@ -153,6 +165,7 @@ impl Config {
             routes: Vec::new(),
             otlp_endpoint: None,
             otlp_protocol: OtlpProtocol::Grpc,
+            otlp_tls: OtlpTls::default(),
             trace_sample_ratio: 1.0,
             propagation_b3: false,
             log_format: LogFormat::Text,

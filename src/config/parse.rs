@@ -223,14 +223,10 @@ pub(super) fn resolve(src: &Sources<'_>) -> Result<Config, ConfigError> {
     let endpoint = |s: &str| {
         let uri: http::Uri = s.parse().map_err(|e| format!("invalid URL \"{s}\": {e}"))?;
         match uri.scheme_str() {
-            Some("http") if uri.authority().is_some() => Ok(s.to_string()),
-            // Neither exporter is built with TLS: refused here rather than failing every
-            // export later (HTTP) or with advice about crate features (gRPC).
-            Some("https") => Err(format!(
-                "\"{s}\": OTLP over TLS is not supported; export to a collector over \
-                 http:// (e.g. a node-local agent) and let it forward over TLS"
+            Some("http" | "https") if uri.authority().is_some() => Ok(s.to_string()),
+            _ => Err(format!(
+                "invalid URL \"{s}\" (expected http://host:port or https://host:port)"
             )),
-            _ => Err(format!("invalid URL \"{s}\" (expected http://host:port)")),
         }
     };
     let otlp_endpoint = match val(src, "otlp_endpoint", endpoint)? {
@@ -262,6 +258,7 @@ pub(super) fn resolve(src: &Sources<'_>) -> Result<Config, ConfigError> {
             _ => OtlpProtocol::Grpc,
         },
     };
+    let otlp_tls = otlp_tls()?;
     let trace_sample_ratio = val(src, "trace_sample_ratio", |s| {
         let f: f64 = s
             .trim()
@@ -341,10 +338,45 @@ pub(super) fn resolve(src: &Sources<'_>) -> Result<Config, ConfigError> {
         routes,
         otlp_endpoint,
         otlp_protocol,
+        otlp_tls,
         trace_sample_ratio,
         propagation_b3,
         log_format,
         log_level,
         access_log,
+    })
+}
+
+/// TLS to the OTLP collector, from OpenTelemetry's standard variables (the files are read
+/// when the exporter starts).
+fn otlp_tls() -> Result<super::OtlpTls, ConfigError> {
+    let path = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from)
+    };
+    let cert = path("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE");
+    let key = path("OTEL_EXPORTER_OTLP_CLIENT_KEY");
+    let client_identity = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ConfigError(
+                "--otlp-endpoint (from OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE): a client \
+                 certificate needs its key in OTEL_EXPORTER_OTLP_CLIENT_KEY"
+                    .into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError(
+                "--otlp-endpoint (from OTEL_EXPORTER_OTLP_CLIENT_KEY): a client key needs \
+                 its certificate in OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"
+                    .into(),
+            ))
+        }
+    };
+    Ok(super::OtlpTls {
+        ca: path("OTEL_EXPORTER_OTLP_CERTIFICATE"),
+        client_identity,
     })
 }

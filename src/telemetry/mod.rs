@@ -5,11 +5,14 @@
 //! HTTP/gRPC traffic goes nowhere near the proxy's stacks, so it is never traced.
 
 pub mod export;
+mod otlp_tls;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig as _};
+use opentelemetry_otlp::{
+    Protocol, SpanExporter, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
+};
 use opentelemetry_sdk::trace::SpanExporter as _;
 use opentelemetry_sdk::Resource;
 use prometheus_client::registry::Registry;
@@ -69,18 +72,34 @@ impl Tracing {
             });
         };
         let err = |e: &dyn std::fmt::Display| ConfigError(format!("--otlp-endpoint: {e}"));
+        let https = endpoint.starts_with("https://");
         let mut exporter = match cfg.otlp_protocol {
-            OtlpProtocol::Grpc => SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint)
-                .with_timeout(export::EXPORT_TIMEOUT)
-                .build(),
-            OtlpProtocol::Http => SpanExporter::builder()
-                .with_http()
-                .with_protocol(Protocol::HttpBinary)
-                .with_endpoint(http_traces_url(endpoint))
-                .with_timeout(export::EXPORT_TIMEOUT)
-                .build(),
+            OtlpProtocol::Grpc => {
+                let b = SpanExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(endpoint)
+                    .with_timeout(export::EXPORT_TIMEOUT);
+                if https {
+                    b.with_tls_config(otlp_tls::grpc(&cfg.otlp_tls).map_err(|e| err(&e))?)
+                        .build()
+                } else {
+                    b.build()
+                }
+            }
+            OtlpProtocol::Http => {
+                let b = SpanExporter::builder()
+                    .with_http()
+                    .with_protocol(Protocol::HttpBinary)
+                    .with_endpoint(http_traces_url(endpoint))
+                    .with_timeout(export::EXPORT_TIMEOUT);
+                if https {
+                    let client = otlp_tls::http(&cfg.otlp_tls, export::EXPORT_TIMEOUT)
+                        .map_err(|e| err(&e))?;
+                    b.with_http_client(client).build()
+                } else {
+                    b.build()
+                }
+            }
         }
         .map_err(|e| err(&e))?;
         exporter.set_resource(&resource(cfg));

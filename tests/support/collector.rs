@@ -145,6 +145,15 @@ pub enum Protocol {
 
 impl Collector {
     pub async fn start(protocol: Protocol) -> Collector {
+        Self::start_with(protocol, None).await
+    }
+
+    /// The same collector behind TLS (an `https://` endpoint; see [`Collector::https_endpoint`]).
+    pub async fn start_tls(protocol: Protocol, tls: Arc<rustls::ServerConfig>) -> Collector {
+        Self::start_with(protocol, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_with(protocol: Protocol, tls: Option<tokio_rustls::TlsAcceptor>) -> Collector {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind collector");
@@ -157,6 +166,7 @@ impl Collector {
                     continue;
                 };
                 let store = s.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let grpc = TraceServiceServer::new(store.clone());
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -174,9 +184,18 @@ impl Collector {
                             }
                         }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        // A failed handshake (an untrusted client) is simply no connection.
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(tcp).await {
+                                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                            }
+                        }
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+                        }
+                    }
                 });
             }
         });
@@ -186,6 +205,12 @@ impl Collector {
     /// The `--otlp-endpoint` value for this collector.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The `--otlp-endpoint` value for this collector behind TLS, by a name its certificate
+    /// carries (`localhost`).
+    pub fn https_endpoint(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
     }
 
     pub fn spans(&self) -> Vec<Exported> {
