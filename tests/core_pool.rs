@@ -801,3 +801,96 @@ async fn timed_out_exchange_is_not_reused() {
     assert_eq!(up.connections(), 2, "the abandoned connection was closed");
     assert!(proxy.shutdown().await);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 9. Response framing of bodiless requests (the pool's own HTTP/1.1 client): interim answers,
+//    chunked with extensions and trailers, Transfer-Encoding over Content-Length, HEAD,
+//    bodies that end with the connection, and malformed lengths.
+
+#[tokio::test]
+async fn answers_are_framed_as_rfc_9112_says() {
+    let up = RawUpstream::start(|s| match s.path.as_str() {
+        "/early-hints" => Act::Answer(
+            "HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n\
+             HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                .into(),
+        ),
+        "/chunked" => Act::Answer(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+             3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nx-done: yes\r\n\r\n"
+                .into(),
+        ),
+        "/both" => Act::Answer(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 100\r\n\r\n\
+             4\r\nwins\r\n0\r\n\r\n"
+                .into(),
+        ),
+        "/until-close" => Act::AnswerThenClose(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it".into(),
+            Duration::from_millis(50),
+        ),
+        "/conflict" => Act::Answer(
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello".into(),
+        ),
+        "/head" => Act::Answer("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n".into()),
+        _ => Act::Answer(ok(s)),
+    })
+    .await;
+    let proxy = start(config(up.addr)).await;
+    let client = h1_client();
+
+    let r = get_on(&client, proxy.inbound_url("/early-hints")).await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "ok"),
+        "interim 103 skipped"
+    );
+    let r = get_on(&client, proxy.inbound_url("/chunked")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "abcde"));
+    let r = get_on(&client, proxy.inbound_url("/next")).await;
+    assert_eq!(
+        r.text(),
+        "conn 0",
+        "both answers above left the connection reusable"
+    );
+
+    // Transfer-Encoding wins over Content-Length, and such a connection is not reused.
+    let r = get_on(&client, proxy.inbound_url("/both")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "wins"));
+    let r = get_on(&client, proxy.inbound_url("/next")).await;
+    assert_eq!(r.text(), "conn 1", "a new connection after TE + CL");
+
+    // HEAD: the length describes the GET answer, no body follows; the connection goes on.
+    let r = send(
+        &client,
+        Request::head(proxy.inbound_url("/head"))
+            .body(Full::new(Bytes::new()))
+            .expect("request"),
+    )
+    .await
+    .expect("response");
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+    let r = get_on(&client, proxy.inbound_url("/next")).await;
+    assert_eq!(r.text(), "conn 1", "HEAD left the connection reusable");
+
+    // No length at all: the body runs to the end of the connection.
+    let r = get_on(&client, proxy.inbound_url("/until-close")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "all of it"));
+
+    // Two different lengths: not an answer the proxy can frame.
+    let r = get_on(&client, proxy.inbound_url("/conflict")).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.header(PROXY_ERROR), Some("upstream-unavailable"));
+    let m = proxy.metrics().await;
+    assert!(
+        m.sum(
+            "tracseq_proxy_upstream_errors_total",
+            &[("direction", "inbound"), ("kind", "protocol")]
+        ) >= 1.0,
+        "counted as a protocol failure"
+    );
+    let r = get_on(&client, proxy.inbound_url("/next")).await;
+    assert_eq!(r.status, 200, "the proxy goes on");
+    assert!(proxy.shutdown().await);
+}

@@ -154,6 +154,19 @@ impl Conn {
         !self.closed
     }
 
+    /// The connection for our own client (`raw`): its socket, with what hyper read ahead.
+    pub(super) fn into_raw(self) -> Option<super::raw::RawConn> {
+        if self.closed {
+            return None;
+        }
+        let parts = Pin::into_inner(self.driver).into_parts();
+        // Bytes an idle connection received are no answer to anything: not usable.
+        parts
+            .read_buf
+            .is_empty()
+            .then(|| super::raw::RawConn::from_io(parts.io))
+    }
+
     /// Ready for a new request right now (open, and the previous exchange fully done)?
     fn ready_now(&mut self, cx: &mut Context<'_>) -> bool {
         self.drive(cx) && matches!(self.sender.poll_ready(cx), Poll::Ready(Ok(())))

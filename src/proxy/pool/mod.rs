@@ -20,6 +20,7 @@
 mod body;
 mod conn;
 mod h2;
+mod raw;
 
 use std::future::{poll_fn, Future};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,8 +35,9 @@ use hyper::client::conn::http1;
 pub use self::body::PooledBody;
 use self::conn::Conn;
 pub use self::h2::H2Pool;
+pub use self::raw::{RawBody, RawError};
 use super::body::Body;
-use super::connect::Connector;
+use super::connect::{Connector, UpstreamIo};
 use crate::error::BoxError;
 
 /// How long an idle connection is kept, here and in hyper-util's pool (HTTP/2). Shorter than
@@ -53,6 +55,8 @@ pub enum SendError {
     Connect(BoxError),
     /// The exchange failed on an open connection.
     Http(hyper::Error),
+    /// The exchange of a bodiless request failed on an open connection (`raw`).
+    Raw(RawError),
 }
 
 impl SendError {
@@ -66,6 +70,7 @@ impl std::fmt::Display for SendError {
         match self {
             Self::Connect(e) => write!(f, "cannot connect to the upstream: {e}"),
             Self::Http(e) => write!(f, "upstream exchange failed: {e}"),
+            Self::Raw(e) => write!(f, "upstream exchange failed: {e}"),
         }
     }
 }
@@ -75,6 +80,8 @@ impl std::error::Error for SendError {
         match self {
             Self::Connect(e) => Some(e.as_ref()),
             Self::Http(e) => Some(e),
+            Self::Raw(RawError::Io(e)) => Some(e),
+            Self::Raw(e) => Some(e),
         }
     }
 }
@@ -87,9 +94,63 @@ pub struct Failure {
     pub unsent: Option<Request<Body>>,
 }
 
+/// A pooled response body: read by hyper's client (requests with a body) or by our own
+/// (`raw`, bodiless requests).
+pub enum PoolBody {
+    Hyper(PooledBody),
+    Raw(RawBody),
+}
+
+impl http_body::Body for PoolBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Hyper(b) => std::pin::Pin::new(b).poll_frame(cx),
+            Self::Raw(b) => std::pin::Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Hyper(b) => b.is_end_stream(),
+            Self::Raw(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Self::Hyper(b) => b.size_hint(),
+            Self::Raw(b) => b.size_hint(),
+        }
+    }
+}
+
+/// An idle connection, as its last exchange left it: driven by hyper's client (a request
+/// with a body) or by our own (`raw`, bodiless). Either kind serves either kind of request
+/// next (converted at checkout), so a mixed workload shares one set of connections.
+enum Pooled {
+    Hyper(Conn),
+    Raw(raw::RawConn),
+}
+
 struct Idle {
-    conn: Conn,
+    conn: Pooled,
     since: Instant,
+}
+
+impl Idle {
+    /// Still open and nothing unexpected arrived (polls only if something happened).
+    fn usable(&mut self, cx: &mut Context<'_>) -> bool {
+        match &mut self.conn {
+            Pooled::Hyper(c) => (c.relay.quiet() && !c.sender.is_closed()) || c.ready_settled(cx),
+            Pooled::Raw(r) => r.usable(),
+        }
+    }
 }
 
 struct Shared {
@@ -118,7 +179,7 @@ impl H1Pool {
 
     /// Send `req` (absolute URI `http://address/path`) and return the response head; the
     /// body streams from the connection as it is polled.
-    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<PooledBody>, Failure> {
+    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<PoolBody>, Failure> {
         let Some(authority) = req.uri().authority().cloned() else {
             return Err(Failure {
                 error: SendError::Connect("request URI has no upstream address".into()),
@@ -136,6 +197,12 @@ impl H1Pool {
             }
         }
         origin_form(req.uri_mut());
+        if http_body::Body::is_end_stream(req.body()) {
+            return self
+                .send_raw(req, authority)
+                .await
+                .map(|r| r.map(PoolBody::Raw));
+        }
         loop {
             let (mut conn, reused) = match self.checkout(&authority).await {
                 Some(conn) => (conn, true),
@@ -170,11 +237,13 @@ impl H1Pool {
             match result {
                 Ok(resp) => {
                     let pool = self.clone();
-                    return Ok(resp.map(|incoming| PooledBody {
-                        incoming,
-                        conn: Some(conn),
-                        pool,
-                        authority,
+                    return Ok(resp.map(|incoming| {
+                        PoolBody::Hyper(PooledBody {
+                            incoming,
+                            conn: Some(conn),
+                            pool,
+                            authority,
+                        })
                     }));
                 }
                 Err(mut e) => match e.take_message() {
@@ -192,10 +261,10 @@ impl H1Pool {
         }
     }
 
-    /// The most recently used idle connection to `authority` that is still open and ready.
-    async fn checkout(&self, authority: &Authority) -> Option<Conn> {
+    /// The most recently used idle connection to `authority`, open and usable.
+    fn pop_idle(&self, authority: &Authority) -> Option<Pooled> {
         loop {
-            let idle = {
+            let mut idle = {
                 let mut map = self.shared.idle.lock().ok()?;
                 let list = map.get_mut(authority)?;
                 let idle = list.pop()?;
@@ -207,20 +276,58 @@ impl H1Pool {
             if idle.since.elapsed() >= IDLE_TIMEOUT {
                 continue;
             }
-            let mut conn = idle.conn;
-            // Nothing happened on it since it was found ready (the common case): no need to
-            // poll it again.
-            if conn.relay.quiet() && !conn.sender.is_closed() {
-                return Some(conn);
+            // Polls only a connection something happened on since it went idle; a closed
+            // one (the upstream timed it out) is dropped.
+            if idle.usable(&mut Context::from_waker(Waker::noop())) {
+                return Some(idle.conn);
             }
-            if poll_fn(|cx| Poll::Ready(conn.ready_settled(cx))).await {
-                return Some(conn);
-            }
-            // Closed by the upstream while idle: not usable, dropped.
         }
     }
 
-    async fn connect(&self, authority: &Authority) -> Result<Conn, SendError> {
+    /// An idle connection for hyper's client (a request with a body).
+    async fn checkout(&self, authority: &Authority) -> Option<Conn> {
+        loop {
+            match self.pop_idle(authority)? {
+                Pooled::Hyper(conn) => return Some(conn),
+                Pooled::Raw(raw) => {
+                    let Some(io) = raw.into_io() else { continue };
+                    // No I/O: an HTTP/1 handshake only sets up the connection's state.
+                    if let Ok((sender, driver)) = http1::Builder::new().handshake(io).await {
+                        return Some(Conn::new(sender, driver));
+                    }
+                }
+            }
+        }
+    }
+
+    /// An idle connection for our own client (a bodiless request).
+    fn raw_checkout(&self, authority: &Authority) -> Option<raw::RawConn> {
+        loop {
+            match self.pop_idle(authority)? {
+                Pooled::Raw(raw) => return Some(raw),
+                Pooled::Hyper(conn) => {
+                    if let Some(raw) = conn.into_raw() {
+                        return Some(raw);
+                    }
+                }
+            }
+        }
+    }
+
+    fn push_idle(&self, authority: Authority, conn: Pooled) {
+        if let Ok(mut map) = self.shared.idle.lock() {
+            let list = map.entry(authority).or_default();
+            if list.len() < MAX_IDLE_PER_ADDRESS {
+                list.push(Idle {
+                    conn,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+
+    /// A new connection to `authority` (TCP, and TLS when the connector says so).
+    async fn open(&self, authority: &Authority) -> Result<UpstreamIo, SendError> {
         let uri = Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(authority.clone())
@@ -231,12 +338,17 @@ impl H1Pool {
         let io = tower::Service::call(&mut connector, uri)
             .await
             .map_err(SendError::Connect)?;
+        // From the first connection on, idle ones need sweeping.
+        self.start_sweeper();
+        Ok(io)
+    }
+
+    async fn connect(&self, authority: &Authority) -> Result<Conn, SendError> {
+        let io = self.open(authority).await?;
         let (sender, driver) = http1::Builder::new()
             .handshake(io)
             .await
             .map_err(|e| SendError::Connect(e.into()))?;
-        // From the first connection on, idle ones need sweeping.
-        self.start_sweeper();
         Ok(Conn::new(sender, driver))
     }
 
@@ -244,15 +356,7 @@ impl H1Pool {
         if conn.closed || conn.sender.is_closed() {
             return;
         }
-        if let Ok(mut map) = self.shared.idle.lock() {
-            let list = map.entry(authority).or_default();
-            if list.len() < MAX_IDLE_PER_ADDRESS {
-                list.push(Idle {
-                    conn,
-                    since: Instant::now(),
-                });
-            }
-        }
+        self.push_idle(authority, Pooled::Hyper(conn));
     }
 
     /// Close idle connections past [`IDLE_TIMEOUT`] or closed by the upstream, every half
@@ -283,14 +387,11 @@ impl Shared {
         let Ok(mut map) = self.idle.lock() else {
             return;
         };
-        // Nobody waits on an idle connection: polling it (with the relay's waker inside, see
-        // `Conn::ready_settled`) only lets it notice the upstream's close.
+        // Nobody waits on an idle connection: polling it (with the relay's or the raw
+        // connection's own waker inside) only lets it notice the upstream's close.
         let mut cx = Context::from_waker(Waker::noop());
         map.retain(|_, list| {
-            list.retain_mut(|i| {
-                i.since.elapsed() < IDLE_TIMEOUT
-                    && (i.conn.relay.quiet() || i.conn.ready_settled(&mut cx))
-            });
+            list.retain_mut(|i| i.since.elapsed() < IDLE_TIMEOUT && i.usable(&mut cx));
             !list.is_empty()
         });
     }

@@ -26,7 +26,7 @@ pub(super) enum Via<'a> {
 
 /// A response body from either kind of client.
 pub(super) enum UpstreamBody {
-    Pooled(super::pool::PooledBody),
+    Pooled(super::pool::PoolBody),
     Shared(hyper::body::Incoming),
 }
 
