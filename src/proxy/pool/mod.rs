@@ -32,7 +32,7 @@ use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
 use hyper::client::conn::http1;
 
-pub use self::body::PooledBody;
+pub use self::body::{PoolBody, PooledBody};
 use self::conn::Conn;
 pub use self::h2::H2Pool;
 pub use self::raw::{RawBody, RawError};
@@ -92,42 +92,6 @@ impl std::error::Error for SendError {
 pub struct Failure {
     pub error: SendError,
     pub unsent: Option<Request<Body>>,
-}
-
-/// A pooled response body: read by hyper's client (requests with a body) or by our own
-/// (`raw`, bodiless requests).
-pub enum PoolBody {
-    Hyper(PooledBody),
-    Raw(RawBody),
-}
-
-impl http_body::Body for PoolBody {
-    type Data = bytes::Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
-        match self.get_mut() {
-            Self::Hyper(b) => std::pin::Pin::new(b).poll_frame(cx),
-            Self::Raw(b) => std::pin::Pin::new(b).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Hyper(b) => b.is_end_stream(),
-            Self::Raw(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        match self {
-            Self::Hyper(b) => b.size_hint(),
-            Self::Raw(b) => b.size_hint(),
-        }
-    }
 }
 
 /// An idle connection, as its last exchange left it: driven by hyper's client (a request
