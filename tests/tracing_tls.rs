@@ -44,10 +44,16 @@ async fn one_traced_request(
     protocol: Protocol,
     collector: &Collector,
     tls: tracseq_proxy::config::OtlpTls,
+    upper_case_scheme: bool,
 ) -> Proxy {
     let up = Upstream::start().await;
     let mut cfg = traced(up.addr, collector, protocol, "secure");
-    cfg.otlp_endpoint = Some(collector.https_endpoint());
+    let endpoint = collector.https_endpoint();
+    cfg.otlp_endpoint = Some(if upper_case_scheme {
+        endpoint.replacen("https", "HTTPS", 1)
+    } else {
+        endpoint
+    });
     cfg.otlp_tls = tls;
     let proxy = start(cfg).await;
     let resp = send(
@@ -70,7 +76,7 @@ async fn spans_reach_an_https_collector_over_grpc_and_http() {
             ca: Some(ca),
             client_identity: None,
         };
-        let proxy = one_traced_request(protocol, &collector, tls).await;
+        let proxy = one_traced_request(protocol, &collector, tls, false).await;
         assert!(proxy.shutdown().await);
         let spans = collector
             .wait_until(&format!("{protocol:?}: spans over TLS"), |s| s.len() >= 2)
@@ -92,7 +98,8 @@ async fn a_client_certificate_is_presented_when_the_collector_asks() {
             ca: Some(me.ca.clone()),
             client_identity: Some((me.cert.clone(), me.key.clone())),
         };
-        let proxy = one_traced_request(protocol, &collector, tls).await;
+        // `HTTPS://` is the same scheme (URL schemes are case-insensitive).
+        let proxy = one_traced_request(protocol, &collector, tls, true).await;
         assert!(proxy.shutdown().await);
         collector
             .wait_until(&format!("{protocol:?}: spans over mTLS"), |s| s.len() >= 2)
@@ -111,7 +118,7 @@ async fn an_untrusted_collector_gets_no_spans_and_they_are_counted_dropped() {
             ca: Some(other.service("x").ca),
             client_identity: None,
         };
-        let proxy = one_traced_request(protocol, &collector, tls).await;
+        let proxy = one_traced_request(protocol, &collector, tls, false).await;
         // The request's two spans fail to export (the handshake is refused) and are counted.
         let dropped = wait_metric(proxy.admin, "tracseq_proxy_spans_dropped_total", &[], 2.0).await;
         assert!(dropped >= 2.0, "{protocol:?}: dropped {dropped}");

@@ -258,7 +258,16 @@ pub(super) fn resolve(src: &Sources<'_>) -> Result<Config, ConfigError> {
             _ => OtlpProtocol::Grpc,
         },
     };
-    let otlp_tls = otlp_tls()?;
+    // Only an https:// endpoint reads (and checks) the TLS variables.
+    let https = otlp_endpoint.as_deref().is_some_and(|e| {
+        e.get(..8)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+    });
+    let otlp_tls = if https {
+        otlp_tls()?
+    } else {
+        super::OtlpTls::default()
+    };
     let trace_sample_ratio = val(src, "trace_sample_ratio", |s| {
         let f: f64 = s
             .trim()

@@ -72,7 +72,11 @@ impl Tracing {
             });
         };
         let err = |e: &dyn std::fmt::Display| ConfigError(format!("--otlp-endpoint: {e}"));
-        let https = endpoint.starts_with("https://");
+        // The scheme as config validation read it (case-insensitive, as URLs are).
+        let https = endpoint.parse::<http::Uri>().ok().is_some_and(|u| {
+            u.scheme_str()
+                .is_some_and(|s| s.eq_ignore_ascii_case("https"))
+        });
         let mut exporter = match cfg.otlp_protocol {
             OtlpProtocol::Grpc => {
                 let b = SpanExporter::builder()

@@ -21,7 +21,7 @@ use crate::config::OtlpTls;
 use crate::error::BoxError;
 use crate::proxy::connect::UpstreamIo;
 
-/// Connecting to the collector, TCP and TLS handshake together.
+/// Bound on connecting to the collector, and again on the TLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
@@ -30,7 +30,9 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
 
 /// tonic's TLS settings for an `https://` gRPC collector.
 pub fn grpc(tls: &OtlpTls) -> Result<ClientTlsConfig, String> {
-    let mut cfg = ClientTlsConfig::new();
+    // A collector that accepts TCP but never finishes the handshake must not hold export
+    // up until the connection dies.
+    let mut cfg = ClientTlsConfig::new().timeout(CONNECT_TIMEOUT);
     cfg = match &tls.ca {
         Some(ca) => {
             // Parsed here too, so a file without certificates fails at start-up.
