@@ -14,7 +14,7 @@
 
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
@@ -229,19 +229,7 @@ impl H2Pool {
     /// Let go of connections unused for [`IDLE_TIMEOUT`] (streams still open on them finish
     /// first) or closed by the peer, every half timeout, for as long as the pool exists.
     fn start_sweeper(&self) {
-        if self.shared.sweeper_started.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        let weak: Weak<Inner> = Arc::downgrade(&self.shared);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(IDLE_TIMEOUT / 2);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(shared) = weak.upgrade() else { return };
-                shared.sweep();
-            }
-        });
+        super::spawn_sweeper(&self.shared.sweeper_started, &self.shared, Inner::sweep);
     }
 }
 

@@ -326,24 +326,31 @@ impl H1Pool {
     /// Close idle connections past [`IDLE_TIMEOUT`] or closed by the upstream, every half
     /// timeout, for as long as the pool exists.
     fn start_sweeper(&self) {
-        if self.shared.sweeper_started.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            self.shared.sweeper_started.store(false, Ordering::Relaxed);
-            return;
-        };
-        let weak: Weak<Shared> = Arc::downgrade(&self.shared);
-        rt.spawn(async move {
-            let mut tick = tokio::time::interval(IDLE_TIMEOUT / 2);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(shared) = weak.upgrade() else { return };
-                shared.sweep();
-            }
-        });
+        spawn_sweeper(&self.shared.sweeper_started, &self.shared, Shared::sweep);
     }
+}
+
+/// Run `sweep` on `pool` every half [`IDLE_TIMEOUT`] for as long as the pool exists, once per
+/// `started` flag (left unset outside a runtime, so a later call tries again). Shared by the
+/// HTTP/1.1 and the h2c pools.
+fn spawn_sweeper<T: Send + Sync + 'static>(started: &AtomicBool, pool: &Arc<T>, sweep: fn(&T)) {
+    if started.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        started.store(false, Ordering::Relaxed);
+        return;
+    };
+    let weak: Weak<T> = Arc::downgrade(pool);
+    rt.spawn(async move {
+        let mut tick = tokio::time::interval(IDLE_TIMEOUT / 2);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(pool) = weak.upgrade() else { return };
+            sweep(&pool);
+        }
+    });
 }
 
 impl Shared {
