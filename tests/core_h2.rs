@@ -122,9 +122,20 @@ async fn h2c_through_a_plaintext_peer_keeps_the_service_name() {
     assert!(callee.shutdown().await);
 }
 
-/// An h2c app that answers one request per connection and then closes it with GOAWAY (a
-/// graceful restart, a max-requests policy). Returns its address and accepted connections.
-async fn one_call_per_connection_app() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+/// When an h2c test app closes a connection with GOAWAY (a graceful restart).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Goaway {
+    /// Every connection, as its first call is answered (a max-requests policy).
+    AfterEachFirstCall,
+    /// Once: the first connection allows one stream at a time, and its second call is slow
+    /// and followed by a GOAWAY, with more calls queued behind it. Later connections serve
+    /// normally.
+    RestartWithCallsQueued,
+}
+
+/// An h2c app answering "one" that closes connections as `plan` says. Returns its address and
+/// its accepted connections.
+async fn goaway_app(plan: Goaway) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -133,22 +144,35 @@ async fn one_call_per_connection_app() -> (std::net::SocketAddr, Arc<AtomicUsize
     let counter = accepted.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::Relaxed);
+            let first = counter.fetch_add(1, Ordering::Relaxed) == 0;
             tokio::spawn(async move {
-                let answered = Arc::new(tokio::sync::Notify::new());
-                let signal = answered.clone();
+                let calls = Arc::new(AtomicUsize::new(0));
+                let close = Arc::new(tokio::sync::Notify::new());
+                let (c, signal) = (calls.clone(), close.clone());
                 let svc = hyper::service::service_fn(move |_req| {
-                    signal.notify_one();
-                    async {
+                    let nth = c.fetch_add(1, Ordering::SeqCst);
+                    let signal = signal.clone();
+                    async move {
+                        match plan {
+                            Goaway::AfterEachFirstCall if nth == 0 => signal.notify_one(),
+                            Goaway::RestartWithCallsQueued if first && nth == 1 => {
+                                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                                signal.notify_one();
+                            }
+                            _ => {}
+                        }
                         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"one"))))
                     }
                 });
-                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), svc);
+                let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                if plan == Goaway::RestartWithCallsQueued {
+                    builder.max_concurrent_streams(if first { 1 } else { 100 });
+                }
+                let conn = builder.serve_connection(TokioIo::new(tcp), svc);
                 tokio::pin!(conn);
                 tokio::select! {
                     _ = conn.as_mut() => return,
-                    () = answered.notified() => conn.as_mut().graceful_shutdown(),
+                    () = close.notified() => conn.as_mut().graceful_shutdown(),
                 }
                 let _ = conn.await;
             });
@@ -159,7 +183,7 @@ async fn one_call_per_connection_app() -> (std::net::SocketAddr, Arc<AtomicUsize
 
 #[tokio::test]
 async fn an_h2_connection_the_app_closed_is_replaced() {
-    let (app, accepted) = one_call_per_connection_app().await;
+    let (app, accepted) = goaway_app(Goaway::AfterEachFirstCall).await;
     let proxy = start(config(app)).await;
     let client = h2_client();
     let url = proxy.inbound_url("/pkg.Svc/Call");
@@ -235,52 +259,9 @@ async fn a_burst_to_a_refusing_app_fails_then_connects_once_it_is_up() {
     assert!(proxy.shutdown().await);
 }
 
-/// An h2c app that allows one stream at a time; on its first connection the second call is
-/// slow and is followed by a GOAWAY (a graceful restart), with more calls queued behind it.
-/// Later connections serve normally. Returns its address and accepted connections.
-async fn restarting_app() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let first = counter.fetch_add(1, Ordering::Relaxed) == 0;
-            tokio::spawn(async move {
-                let calls = Arc::new(AtomicUsize::new(0));
-                let restart = Arc::new(tokio::sync::Notify::new());
-                let (c, r) = (calls.clone(), restart.clone());
-                let svc = hyper::service::service_fn(move |_req| {
-                    let nth = c.fetch_add(1, Ordering::SeqCst);
-                    let r = r.clone();
-                    async move {
-                        if first && nth == 1 {
-                            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                            r.notify_one();
-                        }
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"one"))))
-                    }
-                });
-                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .max_concurrent_streams(if first { 1 } else { 100 })
-                    .serve_connection(TokioIo::new(tcp), svc);
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => return,
-                    () = restart.notified() => conn.as_mut().graceful_shutdown(),
-                }
-                let _ = conn.await;
-            });
-        }
-    });
-    (addr, accepted)
-}
-
 #[tokio::test]
 async fn a_goaway_with_calls_queued_moves_them_to_one_new_connection() {
-    let (app, accepted) = restarting_app().await;
+    let (app, accepted) = goaway_app(Goaway::RestartWithCallsQueued).await;
     let mut cfg = config(app);
     cfg.breaker_failures = 1000;
     let proxy = start(cfg).await;
