@@ -131,37 +131,9 @@ impl Drop for PooledBody {
 }
 
 /// A pooled response body: read by hyper's client (requests with a body) or by our own
-/// (`raw`, bodiless requests).
+/// (`raw`, bodiless requests). `Forward` unpacks it into its own body type, so a frame goes
+/// through one match, not two.
 pub enum PoolBody {
     Hyper(PooledBody),
     Raw(super::RawBody),
-}
-
-impl http_body::Body for PoolBody {
-    type Data = bytes::Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
-        match self.get_mut() {
-            Self::Hyper(b) => std::pin::Pin::new(b).poll_frame(cx),
-            Self::Raw(b) => std::pin::Pin::new(b).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Hyper(b) => b.is_end_stream(),
-            Self::Raw(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        match self {
-            Self::Hyper(b) => b.size_hint(),
-            Self::Raw(b) => b.size_hint(),
-        }
-    }
 }

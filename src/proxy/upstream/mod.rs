@@ -191,7 +191,7 @@ impl tower::Service<Request<Body>> for Forward {
             };
             let result = match via {
                 Via::Pool(pool) => match pool.send(req).await {
-                    Ok(r) => Ok(r.map(UpstreamBody::Pooled)),
+                    Ok(r) => Ok(r.map(UpstreamBody::from)),
                     Err(e) => Err(Failed::Pool(Box::new(e))),
                 },
                 Via::H2(pool) => match pool.send(&dest.authority, req).await {

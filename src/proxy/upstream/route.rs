@@ -26,7 +26,8 @@ pub(super) enum Via<'a> {
 
 /// A response body from either kind of client.
 pub(super) enum UpstreamBody {
-    Pooled(super::pool::PoolBody),
+    Pooled(super::pool::PooledBody),
+    Raw(super::pool::RawBody),
     Shared(hyper::body::Incoming),
 }
 
@@ -40,6 +41,7 @@ impl http_body::Body for UpstreamBody {
     ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
         match self.get_mut() {
             Self::Pooled(b) => std::pin::Pin::new(b).poll_frame(cx),
+            Self::Raw(b) => std::pin::Pin::new(b).poll_frame(cx),
             Self::Shared(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
         }
     }
@@ -47,6 +49,7 @@ impl http_body::Body for UpstreamBody {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Pooled(b) => b.is_end_stream(),
+            Self::Raw(b) => b.is_end_stream(),
             Self::Shared(b) => b.is_end_stream(),
         }
     }
@@ -54,7 +57,17 @@ impl http_body::Body for UpstreamBody {
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
             Self::Pooled(b) => b.size_hint(),
+            Self::Raw(b) => b.size_hint(),
             Self::Shared(b) => b.size_hint(),
+        }
+    }
+}
+
+impl From<super::pool::PoolBody> for UpstreamBody {
+    fn from(b: super::pool::PoolBody) -> Self {
+        match b {
+            super::pool::PoolBody::Hyper(b) => Self::Pooled(b),
+            super::pool::PoolBody::Raw(b) => Self::Raw(b),
         }
     }
 }
