@@ -47,6 +47,11 @@ pub struct Drain {
 }
 
 impl Drain {
+    /// Whether draining has started.
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::Acquire)
+    }
+
     /// Resolves when draining starts.
     pub fn signaled(&self) -> Signaled<'_> {
         Signaled {

@@ -6,6 +6,7 @@ pub mod body;
 pub mod conn_io;
 pub mod connect;
 pub mod drain;
+mod h1;
 pub mod headers;
 pub mod inbound;
 pub mod outbound;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use http::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -17,11 +18,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::body::Body;
 use super::conn_io::{ConnState, TimedIo};
+use super::h1;
 use super::stack::HyperService;
 use super::{ConnMeta, Direction};
 use crate::error::ErrorKind;
@@ -39,6 +41,8 @@ const MAX_HEADERS: usize = 100;
 /// listener (`Host`, `x-request-id`, `traceparent`, one spare): the outbound listener takes
 /// that many fewer, so a request it accepts is never refused one hop later.
 const OUTBOUND_HEADROOM: usize = 4;
+/// How long a closing connection may take to send its TLS close_notify and FIN.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// `tracseq_proxy_tcp_connections_open` / `_total`.
 #[derive(Debug)]
@@ -146,6 +150,13 @@ pub struct Listener {
 }
 
 impl Listener {
+    fn max_headers(&self) -> usize {
+        match self.direction {
+            Direction::Inbound => MAX_HEADERS,
+            Direction::Outbound => MAX_HEADERS - OUTBOUND_HEADROOM,
+        }
+    }
+
     fn builder(&self) -> auto::Builder<TokioExecutor> {
         let mut b = auto::Builder::new(TokioExecutor::new());
         b.http1()
@@ -154,10 +165,7 @@ impl Listener {
             .header_read_timeout(None)
             .keep_alive(true)
             .max_buf_size(MAX_HEADER_BYTES.max(8192))
-            .max_headers(match self.direction {
-                Direction::Inbound => MAX_HEADERS,
-                Direction::Outbound => MAX_HEADERS - OUTBOUND_HEADROOM,
-            });
+            .max_headers(self.max_headers());
         b.http2()
             .timer(TokioTimer::new())
             .max_header_list_size(MAX_HEADER_BYTES as u32)
@@ -276,14 +284,42 @@ impl Listener {
                 None,
             );
         });
-        let io = TimedIo::new(
+        // HTTP/2 by ALPN goes straight to hyper; everything else starts in our own HTTP/1.1
+        // loop, which hands over to hyper at the first request it does not serve itself.
+        let h2 = matches!(&io, ServerIo::Tls(s) if s.get_ref().1.alpn_protocol() == Some(b"h2"));
+        let mut io = TimedIo::new(
             io,
             state,
             self.header_read_timeout,
             self.idle_timeout,
             on_timeout,
         );
+        let mut read = BytesMut::new();
+        if !h2 {
+            let max_headers = self.max_headers();
+            let own = h1::Conn::new(
+                &mut io,
+                &mut read,
+                stack.clone(),
+                meta.clone(),
+                &drain,
+                max_headers,
+            );
+            match own.run().await {
+                Ok(h1::Next::HandOff) => {}
+                Ok(h1::Next::Close) => {
+                    // As hyper does: close_notify (TLS) and FIN rather than a bare close.
+                    let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, io.shutdown()).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(direction = self.direction.as_str(), client = %peer, error = %e, "connection ended with an error");
+                    return;
+                }
+            }
+        }
         let service = HyperService::new(stack, meta, self.idle_timeout);
+        let io = h1::Prefixed::new(read.freeze(), io);
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         let result = tokio::select! {
