@@ -239,10 +239,10 @@ where
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         // Inner layers (the upstream call) learn when they will be cut off, so a call dropped
         // at the deadline is recorded as a timeout rather than a cancellation.
-        req.extensions_mut()
-            .insert(Deadline(tokio::time::Instant::now() + self.layer.timeout));
+        let deadline = tokio::time::Instant::now() + self.layer.timeout;
+        req.extensions_mut().insert(Deadline(deadline));
         TimeoutFuture {
-            inner: tokio::time::timeout(self.layer.timeout, self.inner.call(req)),
+            inner: tokio::time::timeout_at(deadline, self.inner.call(req)),
             layer: self.layer.clone(),
         }
     }

@@ -1,6 +1,8 @@
 //! The response head: parsed, and how its body is framed (RFC 9112 §6.3).
 
-use bytes::{Buf, BytesMut};
+use std::mem::MaybeUninit;
+
+use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 
 use super::{protocol, RawError, MAX_HEADERS, MAX_HEAD_BYTES};
@@ -31,10 +33,20 @@ pub(super) struct Head {
 }
 
 /// Parse one response head from the front of `buf`, if complete.
-pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, RawError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut res = httparse::Response::new(&mut fields);
-    let len = match res.parse(buf) {
+/// `spans` is scratch space kept by the connection, so a head costs no zeroed arrays.
+pub(super) fn parse_head(
+    buf: &mut BytesMut,
+    spans: &mut Vec<[usize; 4]>,
+    head_request: bool,
+) -> Result<Option<Head>, RawError> {
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        buf,
+        &mut fields,
+    );
+    let len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
             return Err(protocol("response head too large"))
@@ -49,15 +61,24 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Optio
     } else {
         Version::HTTP_11
     };
-    // One pass: the fields into the map, and the framing fields read from the bytes on
-    // the way (no lookups in the map afterwards).
-    let mut headers = HeaderMap::with_capacity(res.headers.len());
+    // First pass: the framing fields read from the bytes (no lookups in a map afterwards),
+    // and where each field is. The second pass builds the map from the head's bytes without
+    // copying them: values are slices of one shared buffer, as hyper's are.
+    let base = buf.as_ptr() as usize;
+    let at = |s: &[u8]| {
+        let start = s.as_ptr() as usize - base;
+        (start, start + s.len())
+    };
+    spans.clear();
     let mut keep_alive = version == Version::HTTP_11;
     let mut chunked_last = None;
     let mut length: Option<u64> = None;
     let mut has_length = false;
     for f in res.headers.iter() {
         let name = f.name;
+        let (n0, n1) = at(name.as_bytes());
+        let (v0, v1) = at(f.value);
+        spans.push([n0, n1, v0, v1]);
         if name.eq_ignore_ascii_case("connection") {
             if tokens(f.value).any(|t| t.eq_ignore_ascii_case(b"close")) {
                 keep_alive = false;
@@ -79,11 +100,15 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Optio
                 length = Some(n);
             }
         }
-        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| protocol(e.to_string()))?;
-        let value = HeaderValue::from_bytes(f.value).map_err(|e| protocol(e.to_string()))?;
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for &[n0, n1, v0, v1] in spans.iter() {
+        let name = HeaderName::from_bytes(&head[n0..n1]).map_err(|e| protocol(e.to_string()))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
+            .map_err(|e| protocol(e.to_string()))?;
         headers.append(name, value);
     }
-    buf.advance(len);
 
     let no_body = head_request
         || status.is_informational()
@@ -146,7 +171,11 @@ mod tests {
     use super::*;
 
     fn head(text: &str, head_request: bool) -> Result<Option<Head>, RawError> {
-        parse_head(&mut BytesMut::from(text.as_bytes()), head_request)
+        parse_head(
+            &mut BytesMut::from(text.as_bytes()),
+            &mut Vec::new(),
+            head_request,
+        )
     }
 
     fn framed(text: &str) -> (Framing, bool) {

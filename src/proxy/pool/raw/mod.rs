@@ -58,6 +58,8 @@ impl Wake for Flag {
 pub(super) struct RawConn {
     io: TokioIo<UpstreamIo>,
     buf: BytesMut,
+    /// Where the fields of the last response head were (scratch for `parse_head`).
+    spans: Vec<[usize; 4]>,
     flag: Arc<Flag>,
     waker: Waker,
 }
@@ -68,6 +70,7 @@ impl RawConn {
         Self {
             io: TokioIo::new(io),
             buf: BytesMut::with_capacity(READ_CHUNK),
+            spans: Vec::new(),
             waker: Waker::from(flag.clone()),
             flag,
         }
@@ -222,7 +225,7 @@ async fn write_all(conn: &mut RawConn, wire: &[u8]) -> io::Result<()> {
 
 async fn read_head(conn: &mut RawConn, head_request: bool) -> Result<Head, RawError> {
     loop {
-        if let Some(head) = parse_head(&mut conn.buf, head_request)? {
+        if let Some(head) = parse_head(&mut conn.buf, &mut conn.spans, head_request)? {
             if head.status == StatusCode::SWITCHING_PROTOCOLS {
                 return Err(protocol(
                     "101 Switching Protocols to a request that asked none",
