@@ -56,7 +56,8 @@ fn answers(mut bytes: &[u8], head_of: &[bool]) -> Vec<Answer> {
                     .position(|w| w == b"\r\n")
                     .expect("size line");
                 let size = std::str::from_utf8(&bytes[..line_end]).expect("ascii");
-                let size = usize::from_str_radix(size.split(';').next().unwrap(), 16).expect("hex");
+                let size = usize::from_str_radix(size.split(';').next().expect("test value"), 16)
+                    .expect("hex");
                 bytes = &bytes[line_end + 2..];
                 if size == 0 {
                     let end = bytes
@@ -331,4 +332,289 @@ print("sock", c.sock is not None)
     ];
     assert_eq!(text.lines().collect::<Vec<_>>(), want);
     assert_eq!(up.count(), 6);
+}
+
+// ---------------------------------------------------------------------------------------
+// Review tests (9e05de9).
+
+/// Reads until EOF, a reset or `quiet` without bytes; bounded by `WAIT` overall.
+async fn read_until_quiet(s: &mut tokio::net::TcpStream, quiet: Duration) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16384];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(quiet, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    out
+}
+
+/// An upstream of our own on loopback: answers every request with a chunked body of
+/// `sizes` chunks (bytes 'y'), each size line padded with a chunk extension of `ext` bytes,
+/// written as fast as TCP takes them, then `0\r\n\r\n`.
+async fn chunked_upstream(sizes: Vec<usize>, ext: usize) -> std::net::SocketAddr {
+    chunked_upstream_with(sizes, ext, "").await
+}
+
+async fn chunked_upstream_with(
+    sizes: Vec<usize>,
+    ext: usize,
+    trailer: &'static str,
+) -> std::net::SocketAddr {
+    use tokio::io::AsyncReadExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let sizes = sizes.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(if trailer.is_empty() {
+                        &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"[..]
+                    } else {
+                        &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-t\r\nconnection: close\r\n\r\n"[..]
+                    })
+                    .await;
+                let pad = "e".repeat(ext);
+                for n in sizes {
+                    let mut c = if ext > 0 {
+                        format!("{n:x};x={pad}\r\n")
+                    } else {
+                        format!("{n:x}\r\n")
+                    }
+                    .into_bytes();
+                    c.extend(std::iter::repeat_n(b'y', n));
+                    c.extend_from_slice(b"\r\n");
+                    if s.write_all(&c).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = s.write_all(format!("0\r\n{trailer}\r\n").as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Review: a chunked answer to a bodiless request, relayed by the loop from the raw pool.
+/// Once a size line straddles one of the raw pool's 8 KiB reads its buffer grows to 16 KiB;
+/// under back-pressure a later read (one data frame) is then 16 KiB = `COPY_LIMIT`, which the
+/// loop writes on its own, without the CRLF that ends the chunk (`after_direct` is never
+/// called). The client sees a broken chunked body.
+#[tokio::test]
+async fn review_large_chunks_from_the_app_stay_well_framed() {
+    // Small chunks with long size lines (straddles), then large chunks.
+    let mut sizes: Vec<usize> = vec![997; 2_000];
+    sizes.extend(std::iter::repeat_n(200_000, 30));
+    let total: usize = sizes.iter().sum();
+    let app = chunked_upstream(sizes, 500).await;
+    let proxy = start(config(app)).await;
+    let addr = proxy.inbound.expect("inbound");
+    let mut s = connect(addr).await;
+    s.write_all(b"GET /chunky HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    // Read late: the loop blocks on writes, data piles up before the raw pool's reads.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let bytes = read_to_end(&mut s).await;
+    // A strict chunked reader (the `answers` helper skips two bytes after chunk data).
+    let mut rest = &bytes[bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("head")
+        + 4..];
+    let mut body = 0usize;
+    loop {
+        let eol = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("size line");
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).expect("ascii"), 16)
+            .expect("size");
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            break;
+        }
+        assert_eq!(
+            &rest[size..size + 2],
+            b"\r\n",
+            "chunk of {size} bytes (after {body} body bytes) not followed by CRLF but {:?}",
+            String::from_utf8_lossy(&rest[size..size + 8])
+        );
+        body += size;
+        rest = &rest[size + 2..];
+    }
+    assert_eq!(body, total);
+}
+
+/// Review: HTTP/2 by prior knowledge must start the connection. Before 9e05de9 hyper's
+/// HTTP/1 server refused the preface on a connection that began as HTTP/1.1 (VersionH2,
+/// close); after a hand-off hyper-util's version sniffing sees it as a fresh connection.
+#[tokio::test]
+async fn review_the_h2_preface_after_an_http11_request_does_not_switch_protocols() {
+    let up = Upstream::start().await;
+    let proxy = start(config(up.addr)).await;
+    let addr = proxy.inbound.expect("inbound");
+    let mut s = connect(addr).await;
+    s.write_all(b"GET /status/200 HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .expect("write");
+    let (head, mut rest) = read_head(&mut s).await;
+    assert_eq!(status_of(&head), 200);
+    let len: usize = header_of(&head, "content-length")
+        .expect("length")
+        .parse()
+        .expect("n");
+    while rest.len() < len {
+        rest.extend(read_until_quiet(&mut s, Duration::from_millis(300)).await);
+    }
+    // Preface, then an empty SETTINGS frame.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .expect("write");
+    let out = read_until_quiet(&mut s, Duration::from_secs(1)).await;
+    assert!(
+        !(out.len() >= 9 && out[3] == 0x04 && out[4] == 0),
+        "the HTTP/1.1 connection switched to HTTP/2 mid-way (SETTINGS frame answered): {:?}",
+        &out[..out.len().min(32)]
+    );
+}
+
+/// Review: a drain starting while a request head is half-read. The loop reads it to its end;
+/// when it has a body the loop hands over, and `server.rs` then races hyper-util's version
+/// sniffing against the already-fired drain signal: `graceful_shutdown` in `ReadVersion`
+/// cancels the connection without an answer (about one time in two). Control: a head that
+/// went to hyper before the drain (over 16 KiB) is answered.
+#[tokio::test]
+async fn review_a_request_begun_before_a_drain_is_answered_even_with_a_body() {
+    let up = Upstream::start().await;
+    let proxy = start(config(up.addr)).await;
+    let addr = proxy.inbound.expect("inbound");
+    let pad = "p".repeat(17_000);
+    let mut plain = Vec::new();
+    let mut control = Vec::new();
+    for _ in 0..6 {
+        let mut s = connect(addr).await;
+        s.write_all(b"POST /consume HTTP/1.1\r\nHost: app\r\n")
+            .await
+            .expect("write");
+        plain.push(s);
+        let mut s = connect(addr).await;
+        s.write_all(format!("POST /consume HTTP/1.1\r\nHost: app\r\nX-Pad: {pad}\r\n").as_bytes())
+            .await
+            .expect("write");
+        control.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let done = tokio::spawn(proxy.shutdown());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for s in plain.iter_mut().chain(control.iter_mut()) {
+        s.write_all(b"Content-Length: 5\r\n\r\nhello")
+            .await
+            .expect("write");
+    }
+    let mut answered = (0, 0);
+    for s in &mut control {
+        let out = read_until_quiet(s, Duration::from_secs(2)).await;
+        answered.1 += usize::from(String::from_utf8_lossy(&out).contains("consumed 5"));
+    }
+    for s in &mut plain {
+        let out = read_until_quiet(s, Duration::from_secs(2)).await;
+        answered.0 += usize::from(String::from_utf8_lossy(&out).contains("consumed 5"));
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), done).await;
+    assert_eq!(
+        answered,
+        (6, 6),
+        "(handed over after the drain, handed over before) answered of 6"
+    );
+}
+
+/// Review: pipelined requests followed by a half-close. hyper (h1_half_close off) notices the
+/// EOF only once its read buffer is empty, so every request but the last is answered; the
+/// loop reads ahead, sees the EOF while the first is in flight and cancels it.
+#[tokio::test]
+async fn review_pipelined_requests_then_half_close_answer_like_hyper() {
+    let up = Upstream::start().await;
+    let proxy = start(config(up.addr)).await;
+    let addr = proxy.inbound.expect("inbound");
+    let count = |out: &[u8]| String::from_utf8_lossy(out).matches("HTTP/1.1 ").count();
+    // Control: the same pipeline behind a request with a body (hyper's from the start).
+    let mut s = connect(addr).await;
+    s.write_all(
+        b"POST /consume HTTP/1.1\r\nHost: app\r\nContent-Length: 1\r\n\r\nx\
+                  GET /slow/200 HTTP/1.1\r\nHost: app\r\n\r\n\
+                  GET /status/201 HTTP/1.1\r\nHost: app\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    s.shutdown().await.expect("half-close");
+    let hyper_answers = count(&read_until_quiet(&mut s, Duration::from_secs(2)).await);
+    let mut s = connect(addr).await;
+    s.write_all(
+        b"GET /slow/200 HTTP/1.1\r\nHost: app\r\n\r\n\
+                  GET /status/201 HTTP/1.1\r\nHost: app\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    s.shutdown().await.expect("half-close");
+    let loop_answers = count(&read_until_quiet(&mut s, Duration::from_secs(2)).await);
+    assert_eq!(
+        (hyper_answers - 1, loop_answers),
+        (1, 1),
+        "answers to the GETs before the last: (hyper, loop)"
+    );
+}
+
+/// Review: empty and blank field values are located in the head by pointer arithmetic.
+#[tokio::test]
+async fn review_empty_field_values_are_served() {
+    let up = Upstream::start().await;
+    let proxy = start(config(up.addr)).await;
+    let addr = proxy.inbound.expect("inbound");
+    let answer = exchange(
+        addr,
+        b"GET /status/200 HTTP/1.1\r\nX-Empty:\r\nX-Blank:   \r\nHost: app\r\nConnection: close\r\nX-Last:\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// Review: hyper's HTTP/1 server sends trailer fields only when the request said
+/// `TE: trailers` (`conn.rs`, `allow_trailer_fields`); the loop sends announced trailers to
+/// every client. Control: the same request behind a body, served by hyper.
+#[tokio::test]
+async fn review_trailers_only_for_clients_that_accept_them() {
+    let app = chunked_upstream_with(vec![5], 0, "x-t: 1\r\n").await;
+    let proxy = start(config(app)).await;
+    let addr = proxy.inbound.expect("inbound");
+    let hyper = exchange(
+        addr,
+        b"POST /a HTTP/1.1\r\nHost: app\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+    )
+    .await;
+    let ours = exchange(
+        addr,
+        b"GET /a HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        (hyper.contains("x-t: 1"), ours.contains("x-t: 1")),
+        (false, false),
+        "trailer sent without TE: trailers (hyper, loop)"
+    );
 }

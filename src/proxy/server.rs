@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use http::{Request, Response};
+use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use prometheus_client::metrics::counter::Counter;
@@ -157,6 +158,19 @@ impl Listener {
         }
     }
 
+    /// hyper's HTTP/1 server alone: for connections that already served HTTP/1.1 requests
+    /// (auto-detection would take the HTTP/2 preface there as a switch of protocol). The same
+    /// settings as the HTTP/1 half of `builder`.
+    fn http1_builder(&self) -> http1::Builder {
+        let mut b = http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .keep_alive(true)
+            .max_buf_size(MAX_HEADER_BYTES.max(8192))
+            .max_headers(self.max_headers());
+        b
+    }
+
     fn builder(&self) -> auto::Builder<TokioExecutor> {
         let mut b = auto::Builder::new(TokioExecutor::new());
         b.http1()
@@ -190,7 +204,7 @@ impl Listener {
         S::Future: Send + 'static,
     {
         let this = Arc::new(self);
-        let builder = Arc::new(this.builder());
+        let builders = Arc::new((this.builder(), this.http1_builder()));
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -213,7 +227,7 @@ impl Listener {
                 peer,
                 local,
                 stack.clone(),
-                builder.clone(),
+                builders.clone(),
                 drain.clone(),
             ));
         }
@@ -226,7 +240,7 @@ impl Listener {
         peer: SocketAddr,
         local: SocketAddr,
         stack: S,
-        builder: Arc<auto::Builder<TokioExecutor>>,
+        builders: Arc<(auto::Builder<TokioExecutor>, http1::Builder)>,
         drain: Drain,
     ) where
         S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
@@ -295,6 +309,7 @@ impl Listener {
             on_timeout,
         );
         let mut read = BytesMut::new();
+        let mut h1_only = false;
         if !h2 {
             let max_headers = self.max_headers();
             let own = h1::Conn::new(
@@ -306,7 +321,7 @@ impl Listener {
                 max_headers,
             );
             match own.run().await {
-                Ok(h1::Next::HandOff) => {}
+                Ok(h1::Next::HandOff { fresh }) => h1_only = !fresh,
                 Ok(h1::Next::Close) => {
                     // As hyper does: close_notify (TLS) and FIN rather than a bare close.
                     let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, io.shutdown()).await;
@@ -320,14 +335,29 @@ impl Listener {
         }
         let service = HyperService::new(stack, meta, self.idle_timeout);
         let io = h1::Prefixed::new(read.freeze(), io);
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        tokio::pin!(conn);
-        let result = tokio::select! {
-            res = conn.as_mut() => res,
-            _ = drain.signaled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.as_mut().await
-            }
+        // After a request served as HTTP/1.1 the connection stays HTTP/1.1: the HTTP/2
+        // preface there is a malformed request, not a protocol switch.
+        // The connection is polled before the drain: a request already read (handed over by
+        // the loop) is taken before a drain can close the connection as idle.
+        macro_rules! until_drained {
+            ($conn:expr) => {{
+                let conn = $conn;
+                tokio::pin!(conn);
+                tokio::select! {
+                    biased;
+                    res = conn.as_mut() => res.map_err(|e| e.to_string()),
+                    _ = drain.signaled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.as_mut().await.map_err(|e| e.to_string())
+                    }
+                }
+            }};
+        }
+        let io = TokioIo::new(io);
+        let result = if h1_only {
+            until_drained!(builders.1.serve_connection(io, service).with_upgrades())
+        } else {
+            until_drained!(builders.0.serve_connection_with_upgrades(io, service))
         };
         if let Err(e) = result {
             tracing::debug!(direction = self.direction.as_str(), client = %peer, error = %e, "connection ended with an error");

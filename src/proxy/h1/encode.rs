@@ -27,6 +27,26 @@ pub fn bad_request(out: &mut Vec<u8>) {
     out.extend_from_slice(BAD_REQUEST);
 }
 
+const INTERNAL_ERROR: &[u8] =
+    b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
+/// The answer when the stack's response is an interim (1xx) status, as hyper sends.
+pub fn internal_error(out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(INTERNAL_ERROR);
+}
+
+/// What the request allows of its answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Allow {
+    /// The request was HEAD: no body follows the head.
+    pub is_head: bool,
+    /// The connection may stay open after this answer.
+    pub keep_alive: bool,
+    /// The client sent `TE: trailers`.
+    pub trailers: bool,
+}
+
 /// How the response body is delimited on the wire.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Framing {
@@ -44,9 +64,13 @@ pub fn head(
     out: &mut Vec<u8>,
     parts: &Parts,
     hint: SizeHint,
-    is_head: bool,
-    mut keep_alive: bool,
+    allow: Allow,
 ) -> Result<(Framing, bool), ()> {
+    let Allow {
+        is_head,
+        mut keep_alive,
+        trailers: trailers_ok,
+    } = allow;
     let status = parts.status;
     if status.is_informational() {
         return Err(());
@@ -81,10 +105,12 @@ pub fn head(
             if chunked || length.is_some_and(|l| l != n) {
                 return Err(());
             }
-            if length.is_some() {
-                continue;
+            if length.is_none() {
+                // Written as one number, whatever list of equal ones the field held.
+                length = Some(n);
+                write_length(out, n);
             }
-            length = Some(n);
+            continue;
         } else if *name == header::TRANSFER_ENCODING {
             if !can_body {
                 continue;
@@ -112,6 +138,11 @@ pub fn head(
             if !can_body {
                 continue;
             }
+            if !trailers_ok {
+                // Announced, but this client did not ask for trailers: none are sent.
+                field(out, name, v);
+                continue;
+            }
             let names = v.split(|b| *b == b',').map(<[u8]>::trim_ascii);
             trailers.extend(names.filter_map(|n| HeaderName::from_bytes(n).ok()));
         }
@@ -122,9 +153,7 @@ pub fn head(
             Some(0) if is_head => {}
             Some(n) => {
                 length = Some(n);
-                out.extend_from_slice(b"content-length: ");
-                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-                out.extend_from_slice(b"\r\n");
+                write_length(out, n);
             }
             None if can_body => {
                 chunked = true;
@@ -150,6 +179,12 @@ pub fn head(
         (true, false, None) => return Err(()),
     };
     Ok((framing, keep_alive))
+}
+
+fn write_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 fn field(out: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
@@ -294,166 +329,5 @@ thread_local! {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use http::Response;
-
-    fn encode(
-        resp: Response<()>,
-        hint: SizeHint,
-        is_head: bool,
-        keep: bool,
-    ) -> (String, Framing, bool) {
-        let (parts, ()) = resp.into_parts();
-        let mut out = Vec::new();
-        let (f, k) = head(&mut out, &parts, hint, is_head, keep).expect("encodes");
-        let text = String::from_utf8(out).unwrap();
-        let text = text
-            .lines()
-            .filter(|l| !l.starts_with("date: "))
-            .collect::<Vec<_>>()
-            .join("\n");
-        (text, f, k)
-    }
-
-    fn resp(status: u16, headers: &[(&str, &str)]) -> Response<()> {
-        let mut r = Response::builder().status(status);
-        for (n, v) in headers {
-            r = r.header(*n, *v);
-        }
-        r.body(()).unwrap()
-    }
-
-    #[test]
-    fn lengths_from_field_or_body() {
-        let (t, f, k) = encode(
-            resp(200, &[("content-length", "2")]),
-            SizeHint::with_exact(2),
-            false,
-            true,
-        );
-        assert_eq!(t, "HTTP/1.1 200 OK\ncontent-length: 2\n");
-        assert_eq!((f, k), (Framing::Length(2), true));
-        let (t, f, _) = encode(resp(404, &[]), SizeHint::with_exact(5), false, true);
-        assert_eq!(t, "HTTP/1.1 404 Not Found\ncontent-length: 5\n");
-        assert_eq!(f, Framing::Length(5));
-        let (t, f, _) = encode(resp(200, &[]), SizeHint::default(), false, true);
-        assert_eq!(t, "HTTP/1.1 200 OK\ntransfer-encoding: chunked\n");
-        assert_eq!(f, Framing::Chunked(vec![]));
-        let (t, f, _) = encode(
-            resp(200, &[("content-length", "7")]),
-            SizeHint::with_exact(0),
-            false,
-            true,
-        );
-        assert_eq!(t, "HTTP/1.1 200 OK\ncontent-length: 0\n");
-        assert_eq!(f, Framing::Empty);
-    }
-
-    #[test]
-    fn no_body_after_head_204_304() {
-        let (t, f, _) = encode(
-            resp(200, &[("content-length", "9")]),
-            SizeHint::with_exact(0),
-            true,
-            true,
-        );
-        assert_eq!(t, "HTTP/1.1 200 OK\ncontent-length: 9\n");
-        assert_eq!(f, Framing::Empty);
-        let (t, f, _) = encode(resp(200, &[]), SizeHint::default(), true, true);
-        assert_eq!(t, "HTTP/1.1 200 OK\n");
-        assert_eq!(f, Framing::Empty);
-        for s in [204, 304] {
-            let (t, f, _) = encode(
-                resp(
-                    s,
-                    &[("content-length", "3"), ("transfer-encoding", "chunked")],
-                ),
-                SizeHint::default(),
-                false,
-                true,
-            );
-            assert!(
-                !t.contains("content-length") && !t.contains("transfer-encoding"),
-                "{t}"
-            );
-            assert_eq!(f, Framing::Empty);
-        }
-    }
-
-    #[test]
-    fn close_and_conflicts() {
-        let (t, _, k) = encode(resp(200, &[]), SizeHint::with_exact(0), false, false);
-        assert!(t.contains("\nconnection: close\n"), "{t}");
-        assert!(!k);
-        let (t, _, k) = encode(
-            resp(200, &[("connection", "Close")]),
-            SizeHint::with_exact(0),
-            false,
-            true,
-        );
-        assert_eq!(t.matches("onnection").count(), 1, "{t}");
-        assert!(!k);
-        let (parts, ()) = resp(
-            200,
-            &[("content-length", "2"), ("transfer-encoding", "chunked")],
-        )
-        .into_parts();
-        assert!(head(&mut Vec::new(), &parts, SizeHint::default(), false, true).is_err());
-        let (parts, ()) = resp(200, &[("content-length", "x")]).into_parts();
-        assert!(head(&mut Vec::new(), &parts, SizeHint::default(), false, true).is_err());
-        let (parts, ()) = resp(103, &[]).into_parts();
-        assert!(head(&mut Vec::new(), &parts, SizeHint::default(), false, true).is_err());
-        let (t, f, _) = encode(
-            resp(200, &[("transfer-encoding", "gzip")]),
-            SizeHint::default(),
-            false,
-            true,
-        );
-        assert!(t.contains("transfer-encoding: gzip, chunked"), "{t}");
-        assert!(matches!(f, Framing::Chunked(_)));
-    }
-
-    #[test]
-    fn chunks_and_trailers() {
-        let mut enc = BodyEncoder::new(Framing::Chunked(vec![HeaderName::from_static(
-            "grpc-status",
-        )]));
-        let mut out = Vec::new();
-        assert!(enc
-            .frame(&mut out, Frame::data(Bytes::from_static(b"hello")))
-            .unwrap()
-            .is_none());
-        assert!(enc
-            .frame(&mut out, Frame::data(Bytes::new()))
-            .unwrap()
-            .is_none());
-        let mut t = HeaderMap::new();
-        t.insert("grpc-status", "0".parse().unwrap());
-        t.insert("x-secret", "1".parse().unwrap());
-        enc.frame(&mut out, Frame::trailers(t)).unwrap();
-        enc.finish(&mut out).unwrap();
-        assert_eq!(out, b"5\r\nhello\r\n0\r\ngrpc-status: 0\r\n\r\n");
-    }
-
-    #[test]
-    fn length_is_enforced() {
-        let mut enc = BodyEncoder::new(Framing::Length(3));
-        let mut out = Vec::new();
-        assert!(enc
-            .frame(&mut out, Frame::data(Bytes::from_static(b"ab")))
-            .unwrap()
-            .is_none());
-        assert!(enc.finish(&mut out).is_err());
-        assert!(enc
-            .frame(&mut out, Frame::data(Bytes::from_static(b"cd")))
-            .is_err());
-        let big = Bytes::from(vec![b'x'; COPY_LIMIT]);
-        let mut enc = BodyEncoder::new(Framing::Length(COPY_LIMIT as u64));
-        assert_eq!(
-            enc.frame(&mut out, Frame::data(big.clone())).unwrap(),
-            Some(big)
-        );
-        enc.finish(&mut out).unwrap();
-    }
-}
+#[path = "encode_tests.rs"]
+mod tests;

@@ -16,23 +16,27 @@
 //! says `connection: close`; `date` is added; responses to HEAD and 204/304 carry no body.
 
 mod encode;
+mod head;
 mod prefixed;
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
 use tower::ServiceExt;
 
 pub use prefixed::Prefixed;
+
+use head::{take, Field, Parsed};
 
 use super::body::{self, Body};
 use super::drain::Drain;
@@ -51,21 +55,9 @@ pub enum Next {
     /// The connection is done (closed by either side, or it must close now).
     Close,
     /// A request this loop does not take is at the front of the buffer: hyper goes on.
-    HandOff,
-}
-
-/// One request head this loop takes, located in the buffer.
-struct Parsed {
-    method: Method,
-    head_len: usize,
-    path: (usize, usize),
-    close: bool,
-}
-
-/// A field of the parsed head: its name, and where its value is in the head's bytes.
-struct Field {
-    name: HeaderName,
-    value: (usize, usize),
+    /// `fresh`: no request was served yet, so the bytes may still be the HTTP/2 preface;
+    /// after one, the connection is HTTP/1.1 for good.
+    HandOff { fresh: bool },
 }
 
 /// Connection-long state of the loop (buffers are reused request after request).
@@ -111,17 +103,21 @@ where
     /// Serves requests until the connection ends or a request must go to hyper.
     pub async fn run(mut self) -> io::Result<Next> {
         let mut drained = pin!(self.drain.signaled());
+        let mut fresh = true;
         loop {
             if !self.buf.is_empty() {
                 match self.parse() {
                     Some(Ok(parsed)) => {
+                        fresh = false;
                         if !self.serve(parsed).await? {
                             return Ok(Next::Close);
                         }
                         continue;
                     }
-                    Some(Err(())) => return Ok(Next::HandOff),
-                    None if self.buf.len() >= FAST_HEAD_BYTES => return Ok(Next::HandOff),
+                    Some(Err(())) => return Ok(Next::HandOff { fresh }),
+                    None if self.buf.len() >= FAST_HEAD_BYTES => {
+                        return Ok(Next::HandOff { fresh })
+                    }
                     None => {}
                 }
             }
@@ -144,10 +140,10 @@ where
     /// The head at the front of the buffer: `None` while incomplete, `Some(Err)` when hyper
     /// must take it.
     fn parse(&mut self) -> Option<Result<Parsed, ()>> {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-        let mut req = httparse::Request::new(&mut fields[..self.max_headers]);
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+        let mut req = httparse::Request::new(&mut []);
         let buf: &[u8] = self.buf;
-        let head_len = match req.parse(buf) {
+        let head_len = match req.parse_with_uninit_headers(buf, &mut fields[..self.max_headers]) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => return None,
             Err(_) => return Some(Err(())),
@@ -187,8 +183,20 @@ where
         let keep_alive = !parsed.close && !self.drain.is_draining();
         let (parts, body) = resp.into_parts();
         self.out.clear();
+        if parts.status.is_informational() {
+            // One answer per request, as with hyper: an interim status cannot be it.
+            tracing::warn!(status = %parts.status, "interim status as the final answer; sending 500");
+            encode::internal_error(&mut self.out);
+            self.write_out().await?;
+            return Ok(false);
+        }
+        let allow = encode::Allow {
+            is_head,
+            keep_alive,
+            trailers: parsed.trailers,
+        };
         let Ok((framing, keep_alive)) =
-            encode::head(&mut self.out, &parts, body.size_hint(), is_head, keep_alive)
+            encode::head(&mut self.out, &parts, body.size_hint(), allow)
         else {
             tracing::warn!(status = %parts.status, "response head cannot be sent over HTTP/1.1; closing");
             return Ok(false);
@@ -256,6 +264,7 @@ where
                     if let Some(big) = enc.frame(&mut self.out, frame)? {
                         self.write_out().await?;
                         write_all(self.io, &big).await?;
+                        enc.after_direct(&mut self.out);
                     }
                 }
             }
@@ -284,74 +293,19 @@ where
             while open && buf.len() < READ_AHEAD {
                 reserve(buf);
                 match poll_read_buf(Pin::new(&mut *io), cx, buf) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => open = false,
+                    // A client that sent pipelined requests and then half-closed still
+                    // gets their answers; like hyper, only an end of input with nothing
+                    // left to serve cancels.
+                    Poll::Ready(Ok(0)) if !buf.is_empty() => open = false,
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Ok(None)),
                     Poll::Ready(Ok(_)) => {}
                     Poll::Pending => break,
                 }
             }
-            if open {
-                Poll::Pending
-            } else {
-                Poll::Ready(Ok(None))
-            }
+            Poll::Pending
         })
         .await
     }
-}
-
-/// Decides whether the loop takes a parsed head, and records where its fields are.
-fn take(
-    req: &httparse::Request<'_, '_>,
-    head_len: usize,
-    base: usize,
-    fields: &mut Vec<Field>,
-) -> Result<Parsed, ()> {
-    if req.version != Some(1) {
-        return Err(());
-    }
-    let method = Method::from_bytes(req.method.ok_or(())?.as_bytes()).map_err(|_| ())?;
-    if method == Method::CONNECT {
-        return Err(());
-    }
-    let at = |s: &[u8]| {
-        let start = s.as_ptr() as usize - base;
-        (start, start + s.len())
-    };
-    let path = at(req.path.ok_or(())?.as_bytes());
-    fields.clear();
-    let mut close = false;
-    for f in req.headers.iter() {
-        let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| ())?;
-        if name == header::CONTENT_LENGTH {
-            // A second field, even "0" again, is hyper's to judge.
-            if f.value != b"0" || fields.iter().any(|f| f.name == name) {
-                return Err(());
-            }
-        } else if name == header::TRANSFER_ENCODING
-            || name == header::EXPECT
-            || name == header::UPGRADE
-        {
-            return Err(());
-        } else if name == header::CONNECTION {
-            for token in f.value.split(|b| *b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"upgrade") {
-                    return Err(());
-                }
-                close |= token.eq_ignore_ascii_case(b"close");
-            }
-        }
-        fields.push(Field {
-            name,
-            value: at(f.value),
-        });
-    }
-    Ok(Parsed {
-        method,
-        head_len,
-        path,
-        close,
-    })
 }
 
 pin_project_lite::pin_project! {
@@ -396,3 +350,6 @@ async fn write_all<I: AsyncWrite + Unpin>(io: &mut I, mut data: &[u8]) -> io::Re
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -70,7 +70,7 @@ mod tests {
         let inner: &[u8] = b" world";
         let mut io = Prefixed::new(Bytes::from_static(b"hello"), inner);
         let mut s = String::new();
-        io.read_to_string(&mut s).await.unwrap();
+        io.read_to_string(&mut s).await.expect("test value");
         assert_eq!(s, "hello world");
     }
 }
