@@ -213,3 +213,75 @@ async fn idle_connections_are_closed_but_busy_ones_are_not() {
     );
     assert!(proxy.shutdown().await);
 }
+
+/// A client that sends a request and never reads its answer: once the socket buffers are
+/// full, nothing moves for `--idle-timeout` and the connection ends (it would otherwise hold
+/// the connection, a request slot and the upstream's answer forever). A client that reads
+/// slowly but steadily gets all of a large answer.
+#[tokio::test]
+async fn a_client_that_reads_nothing_loses_its_connection_a_slow_reader_does_not() {
+    use tokio::io::AsyncReadExt;
+    let up = Upstream::start().await;
+    let mut cfg = config(up.addr);
+    cfg.idle_timeout = Duration::from_millis(300);
+    let proxy = start(cfg).await;
+    let inbound = proxy.inbound.expect("inbound");
+    let open = |m: &Metrics| {
+        m.sum(
+            "tracseq_proxy_tcp_connections_open",
+            &[("direction", "inbound")],
+        )
+    };
+
+    let small = |addr: SocketAddr| async move {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.set_recv_buffer_size(16 * 1024).expect("rcvbuf");
+        tokio::time::timeout(WAIT, sock.connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect")
+    };
+    let mut stuck = small(inbound).await;
+    stuck
+        .write_all(b"GET /bytes/268435456 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    loop {
+        let m = proxy.metrics().await;
+        if open(&m) == 0.0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "a client that reads nothing still holds its connection"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut slow = small(inbound).await;
+    slow.write_all(b"GET /bytes/1048576 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 32 * 1024];
+    let read_all = async {
+        loop {
+            let n = slow.read(&mut buf).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            got += n;
+            // Well inside the idle timeout between reads.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read_all)
+        .await
+        .expect("slow read finished");
+    assert!(
+        got > 1_048_576,
+        "the slow reader got its whole answer ({got} bytes)"
+    );
+    assert!(proxy.shutdown().await);
+}

@@ -5,7 +5,10 @@
 //!   first byte of each later one;
 //! - idle timeout: a connection with no request in flight and no bytes moving for
 //!   `--idle-timeout` is closed (HTTP/1 and HTTP/2 alike, and upgraded tunnels, whose bytes
-//!   are never mistaken for a request head).
+//!   are never mistaken for a request head);
+//! - write stall: a client that takes none of its answer for `--idle-timeout` (the socket
+//!   stays full) fails the write and the connection ends, so it cannot hold a connection, a
+//!   request slot and the upstream's answer forever.
 //!
 //! The wrapper sits between the socket (or TLS stream) and hyper. It learns about request
 //! boundaries from two counters in `ConnState` that the metrics layer updates, so it needs no
@@ -117,6 +120,8 @@ pub struct TimedIo<T> {
     /// How many bytes of the HTTP/2 preface have matched so far.
     preface_seen: usize,
     on_header_timeout: Option<Box<dyn FnOnce() + Send>>,
+    /// The write-stall timer, made the first time a write has to wait.
+    write_sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl<T> TimedIo<T> {
@@ -142,6 +147,7 @@ impl<T> TimedIo<T> {
             is_h2: None,
             preface_seen: 0,
             on_header_timeout: Some(on_header_timeout),
+            write_sleep: None,
         }
     }
 
@@ -282,6 +288,41 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<T> {
     }
 }
 
+impl<T> TimedIo<T> {
+    /// A write that has to wait: fails once nothing moved for `--idle-timeout`.
+    fn poll_stall<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
+        let deadline = self.last_activity + self.idle_timeout;
+        let sleep = self
+            .write_sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        match std::future::Future::poll(sleep.as_mut(), cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took none of its answer for --idle-timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn wrote(
+        &mut self,
+        res: Poll<io::Result<usize>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        match res {
+            Poll::Ready(Ok(n)) if n > 0 => {
+                self.last_activity = Instant::now();
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => self.poll_stall(cx),
+            other => other,
+        }
+    }
+}
+
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -289,10 +330,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.last_activity = Instant::now();
-        }
-        res
+        self.wrote(res, cx)
     }
 
     fn poll_write_vectored(
@@ -301,10 +339,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.last_activity = Instant::now();
-        }
-        res
+        self.wrote(res, cx)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -312,7 +347,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            // A TLS flush waits on the socket like a write does.
+            Poll::Pending => self.poll_stall(cx),
+            done => done,
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
