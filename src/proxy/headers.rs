@@ -34,6 +34,22 @@ fn tokens(v: &HeaderValue) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
+/// The non-empty comma-separated elements of a raw field value, trimmed (RFC 9110 §5.6.1).
+pub(crate) fn list_items(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    value
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// One `Content-Length` number: 1 to 19 digits, nothing else.
+pub(crate) fn length_digits(part: &[u8]) -> Option<u64> {
+    if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
 /// The fixed hop-by-hop names (RFC 9110 §7.6.1, plus `Keep-Alive` and `Proxy-Connection` of
 /// older peers). `TE` and `Upgrade` come last: they have their own rules below.
 static HOP_BY_HOP: [HeaderName; 8] = [

@@ -15,6 +15,8 @@ use http::response::Parts;
 use http::{HeaderMap, StatusCode};
 use http_body::{Frame, SizeHint};
 
+use crate::proxy::headers::{length_digits, list_items};
+
 /// Data frames at least this large are written from their own buffer instead of copied.
 const COPY_LIMIT: usize = 16 * 1024;
 
@@ -143,8 +145,7 @@ pub fn head(
                 field(out, name, v);
                 continue;
             }
-            let names = v.split(|b| *b == b',').map(<[u8]>::trim_ascii);
-            trailers.extend(names.filter_map(|n| HeaderName::from_bytes(n).ok()));
+            trailers.extend(list_items(v).filter_map(|n| HeaderName::from_bytes(n).ok()));
         }
         field(out, name, v);
     }
@@ -195,18 +196,14 @@ fn field(out: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
 }
 
 fn has_token(v: &[u8], token: &[u8]) -> bool {
-    v.split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    list_items(v).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// A `Content-Length` value: digits, or a list of equal ones ("2, 2").
 fn content_length(v: &[u8]) -> Result<u64, ()> {
     let mut out = None;
     for part in v.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-            return Err(());
-        }
-        let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        let n = length_digits(part).ok_or(())?;
         if out.is_some_and(|o| o != n) {
             return Err(());
         }

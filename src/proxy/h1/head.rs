@@ -2,6 +2,8 @@
 
 use http::{header, HeaderName, Method};
 
+use crate::proxy::headers::list_items;
+
 /// One request head this loop takes, located in the buffer.
 pub(super) struct Parsed {
     pub(super) method: Method,
@@ -53,13 +55,9 @@ pub(super) fn take(
         {
             return Err(());
         } else if name == header::TE {
-            trailers |= f
-                .value
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+            trailers |= list_items(f.value).any(|t| t.eq_ignore_ascii_case(b"trailers"));
         } else if name == header::CONNECTION {
-            for token in f.value.split(|b| *b == b',') {
-                let token = token.trim_ascii();
+            for token in list_items(f.value) {
                 if token.eq_ignore_ascii_case(b"upgrade") {
                     return Err(());
                 }

@@ -6,6 +6,7 @@ use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 
 use super::{protocol, RawError, MAX_HEADERS, MAX_HEAD_BYTES};
+use crate::proxy::headers;
 
 /// How the response body is delimited.
 #[derive(Debug)]
@@ -80,19 +81,19 @@ pub(super) fn parse_head(
         let (v0, v1) = at(f.value);
         spans.push([n0, n1, v0, v1]);
         if name.eq_ignore_ascii_case("connection") {
-            if tokens(f.value).any(|t| t.eq_ignore_ascii_case(b"close")) {
+            if headers::list_items(f.value).any(|t| t.eq_ignore_ascii_case(b"close")) {
                 keep_alive = false;
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             // The last coding of the last field is what frames the body.
             chunked_last = Some(
-                tokens(f.value)
+                headers::list_items(f.value)
                     .next_back()
                     .is_some_and(|last| last.eq_ignore_ascii_case(b"chunked")),
             );
         } else if name.eq_ignore_ascii_case("content-length") {
             has_length = true;
-            for part in tokens(f.value) {
+            for part in headers::list_items(f.value) {
                 let n = content_length(part)?;
                 if length.is_some_and(|l| l != n) {
                     return Err(protocol("conflicting content-length values"));
@@ -148,22 +149,8 @@ pub(super) fn parse_head(
     }))
 }
 
-/// The non-empty comma-separated elements of a field value, trimmed.
-fn tokens(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
-    value
-        .split(|b| *b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
-}
-
 fn content_length(part: &[u8]) -> Result<u64, RawError> {
-    if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-        return Err(protocol("invalid content-length"));
-    }
-    std::str::from_utf8(part)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| protocol("invalid content-length"))
+    headers::length_digits(part).ok_or_else(|| protocol("invalid content-length"))
 }
 
 #[cfg(test)]
