@@ -150,6 +150,19 @@ pub struct Listener {
     pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
+/// The HTTP/1 server settings, for hyper's own builder and hyper-util's auto one alike
+/// (two types with the same methods).
+macro_rules! http1_settings {
+    ($b:expr, $listener:expr) => {
+        $b.timer(TokioTimer::new())
+            // Our own `TimedIo` answers a slow head with 408; hyper's would close silently.
+            .header_read_timeout(None)
+            .keep_alive(true)
+            .max_buf_size(MAX_HEADER_BYTES.max(8192))
+            .max_headers($listener.max_headers())
+    };
+}
+
 impl Listener {
     fn max_headers(&self) -> usize {
         match self.direction {
@@ -163,23 +176,13 @@ impl Listener {
     /// settings as the HTTP/1 half of `builder`.
     fn http1_builder(&self) -> http1::Builder {
         let mut b = http1::Builder::new();
-        b.timer(TokioTimer::new())
-            .header_read_timeout(None)
-            .keep_alive(true)
-            .max_buf_size(MAX_HEADER_BYTES.max(8192))
-            .max_headers(self.max_headers());
+        http1_settings!(b, self);
         b
     }
 
     fn builder(&self) -> auto::Builder<TokioExecutor> {
         let mut b = auto::Builder::new(TokioExecutor::new());
-        b.http1()
-            .timer(TokioTimer::new())
-            // Our own `TimedIo` answers a slow head with 408; hyper's would close silently.
-            .header_read_timeout(None)
-            .keep_alive(true)
-            .max_buf_size(MAX_HEADER_BYTES.max(8192))
-            .max_headers(self.max_headers());
+        http1_settings!(b.http1(), self);
         b.http2()
             .timer(TokioTimer::new())
             .max_header_list_size(MAX_HEADER_BYTES as u32)

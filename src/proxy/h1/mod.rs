@@ -30,7 +30,7 @@ use std::task::Poll;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::Body as _;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
 use tower::ServiceExt;
 
@@ -263,7 +263,7 @@ where
                 Some(Ok(frame)) => {
                     if let Some(big) = enc.frame(&mut self.out, frame)? {
                         self.write_out().await?;
-                        write_all(self.io, &big).await?;
+                        self.io.write_all(&big).await?;
                         enc.after_direct(&mut self.out);
                     }
                 }
@@ -273,10 +273,10 @@ where
 
     async fn write_out(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
-            write_all(self.io, &self.out).await?;
+            self.io.write_all(&self.out).await?;
             self.out.clear();
         }
-        poll_fn(|cx| Pin::new(&mut *self.io).poll_flush(cx)).await
+        self.io.flush().await
     }
 
     /// Awaits `fut` while watching the client's side of the connection: bytes that arrive
@@ -338,17 +338,6 @@ fn gone() -> io::Error {
         io::ErrorKind::ConnectionAborted,
         "client closed mid-response",
     )
-}
-
-async fn write_all<I: AsyncWrite + Unpin>(io: &mut I, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        let n = poll_fn(|cx| Pin::new(&mut *io).poll_write(cx, data)).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        data = &data[n..];
-    }
-    Ok(())
 }
 
 #[cfg(test)]
