@@ -209,7 +209,7 @@ def main():
         "comparison is within the same run on the same machine). Regenerate with",
         "`benches/load/compare` — it rewrites this file and `docs/benchmarks-latency.svg`.",
         f"Each number is the median of {a.rounds} round(s); every round starts fresh proxy processes",
-        "and measures all proxies one after the other.",
+        "and measures all proxies one after the other, in an order that turns by one place each round.",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}; {m['nginx']}; {m['haproxy']}.",
         f"Each proxy process is pinned to CPU 1 with one worker (`--workers 1`, `worker_processes 1`,",
