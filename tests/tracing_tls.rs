@@ -75,6 +75,7 @@ async fn spans_reach_an_https_collector_over_grpc_and_http() {
         let tls = tracseq_proxy::config::OtlpTls {
             ca: Some(ca),
             client_identity: None,
+            ..Default::default()
         };
         let proxy = one_traced_request(protocol, &collector, tls, false).await;
         assert!(proxy.shutdown().await);
@@ -97,6 +98,7 @@ async fn a_client_certificate_is_presented_when_the_collector_asks() {
         let tls = tracseq_proxy::config::OtlpTls {
             ca: Some(me.ca.clone()),
             client_identity: Some((me.cert.clone(), me.key.clone())),
+            ..Default::default()
         };
         // `HTTPS://` is the same scheme (URL schemes are case-insensitive).
         let proxy = one_traced_request(protocol, &collector, tls, true).await;
@@ -117,6 +119,7 @@ async fn an_untrusted_collector_gets_no_spans_and_they_are_counted_dropped() {
         let tls = tracseq_proxy::config::OtlpTls {
             ca: Some(other.service("x").ca),
             client_identity: None,
+            ..Default::default()
         };
         let proxy = one_traced_request(protocol, &collector, tls, false).await;
         // The request's two spans fail to export (the handshake is refused) and are counted.
@@ -143,6 +146,7 @@ async fn bad_otlp_tls_files_stop_start_up_with_a_clear_error() {
                 tracseq_proxy::config::OtlpTls {
                     ca: Some(dir.path().join("missing.pem")),
                     client_identity: None,
+                    ..Default::default()
                 },
                 "missing.pem",
             ),
@@ -150,8 +154,21 @@ async fn bad_otlp_tls_files_stop_start_up_with_a_clear_error() {
                 tracseq_proxy::config::OtlpTls {
                     ca: Some(not_pem.clone()),
                     client_identity: None,
+                    ..Default::default()
                 },
                 "no certificate",
+            ),
+            (
+                // Named by the traces-specific variable: the error names that one.
+                tracseq_proxy::config::OtlpTls {
+                    ca: Some(not_pem.clone()),
+                    client_identity: None,
+                    vars: tracseq_proxy::config::OtlpTlsVars {
+                        ca: "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+                        ..Default::default()
+                    },
+                },
+                "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
             ),
         ] {
             let mut cfg = traced(up.addr, &collector, protocol, "bad");

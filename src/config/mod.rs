@@ -3,6 +3,7 @@
 //! error is one line naming the flag (and where its value came from) and the process exits 2.
 
 pub mod cli;
+mod otel;
 mod parse;
 mod source;
 mod text;
@@ -59,11 +60,32 @@ pub enum OtlpProtocol {
 /// TLS settings for an `https://` OTLP endpoint. Not flags: OpenTelemetry's standard
 /// variables `OTEL_EXPORTER_OTLP_CERTIFICATE` (the CAs to trust, PEM; else the system's) and
 /// `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` + `OTEL_EXPORTER_OTLP_CLIENT_KEY` (an identity to
-/// present, for a collector that asks for one).
+/// present, for a collector that asks for one), each overridden by its traces-specific form
+/// (`OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`, ...).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OtlpTls {
     pub ca: Option<std::path::PathBuf>,
     pub client_identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The variables the files were named by, for error messages.
+    pub vars: OtlpTlsVars,
+}
+
+/// Which variable named each TLS file: the general or the traces-specific one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OtlpTlsVars {
+    pub ca: &'static str,
+    pub cert: &'static str,
+    pub key: &'static str,
+}
+
+impl Default for OtlpTlsVars {
+    fn default() -> Self {
+        Self {
+            ca: "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            cert: "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            key: "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +132,10 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub routes: Vec<RouteTemplate>,
     pub otlp_endpoint: Option<String>,
+    /// `otlp_endpoint` is the whole URL of the traces endpoint
+    /// (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`): OTLP/HTTP uses it as it is, with no
+    /// `/v1/traces` appended.
+    pub otlp_traces_url: bool,
     pub otlp_protocol: OtlpProtocol,
     /// TLS to an `https://` endpoint, from OpenTelemetry's standard variables.
     pub otlp_tls: OtlpTls,
@@ -164,6 +190,7 @@ impl Config {
             drain_timeout: Duration::from_secs(30),
             routes: Vec::new(),
             otlp_endpoint: None,
+            otlp_traces_url: false,
             otlp_protocol: OtlpProtocol::Grpc,
             otlp_tls: OtlpTls::default(),
             trace_sample_ratio: 1.0,

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::otel::{otel_var, otlp_tls, OTEL_ENDPOINT, OTEL_PROTOCOL};
 use super::source::{Raw, Sources};
 use super::text::{backoff, boolean, duration, number, socket_addr, upstream};
 use super::*;
@@ -229,16 +230,16 @@ pub(super) fn resolve(src: &Sources<'_>) -> Result<Config, ConfigError> {
             )),
         }
     };
-    let otlp_endpoint = match val(src, "otlp_endpoint", endpoint)? {
-        Some(e) => Some(e),
-        // The OpenTelemetry standard variable, checked the same way.
-        None => match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
-            Ok(v) if !v.is_empty() => Some(endpoint(&v).map_err(|e| {
-                ConfigError(format!(
-                    "--otlp-endpoint (from OTEL_EXPORTER_OTLP_ENDPOINT): {e}"
-                ))
-            })?),
-            _ => None,
+    let (otlp_endpoint, otlp_traces_url) = match val(src, "otlp_endpoint", endpoint)? {
+        Some(e) => (Some(e), false),
+        // The OpenTelemetry standard variables, checked the same way.
+        None => match otel_var(OTEL_ENDPOINT) {
+            Some((name, v)) => {
+                let e = endpoint(&v)
+                    .map_err(|e| ConfigError(format!("--otlp-endpoint (from {name}): {e}")))?;
+                (Some(e), name == OTEL_ENDPOINT.0)
+            }
+            None => (None, false),
         },
     };
     let protocol = |s: &str| match s {
@@ -249,13 +250,10 @@ pub(super) fn resolve(src: &Sources<'_>) -> Result<Config, ConfigError> {
     let otlp_protocol = match val(src, "otlp_protocol", protocol)? {
         Some(p) => p,
         // The OpenTelemetry standard variable, as for the endpoint.
-        None => match std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL") {
-            Ok(v) if !v.is_empty() => protocol(&v).map_err(|e| {
-                ConfigError(format!(
-                    "--otlp-protocol (from OTEL_EXPORTER_OTLP_PROTOCOL): {e}"
-                ))
-            })?,
-            _ => OtlpProtocol::Grpc,
+        None => match otel_var(OTEL_PROTOCOL) {
+            Some((name, v)) => protocol(&v)
+                .map_err(|e| ConfigError(format!("--otlp-protocol (from {name}): {e}")))?,
+            None => OtlpProtocol::Grpc,
         },
     };
     // Only an https:// endpoint reads (and checks) the TLS variables.
@@ -346,6 +344,7 @@ pub(super) fn resolve(src: &Sources<'_>) -> Result<Config, ConfigError> {
         drain_timeout,
         routes,
         otlp_endpoint,
+        otlp_traces_url,
         otlp_protocol,
         otlp_tls,
         trace_sample_ratio,
@@ -353,39 +352,5 @@ pub(super) fn resolve(src: &Sources<'_>) -> Result<Config, ConfigError> {
         log_format,
         log_level,
         access_log,
-    })
-}
-
-/// TLS to the OTLP collector, from OpenTelemetry's standard variables (the files are read
-/// when the exporter starts).
-fn otlp_tls() -> Result<super::OtlpTls, ConfigError> {
-    let path = |name: &str| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(std::path::PathBuf::from)
-    };
-    let cert = path("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE");
-    let key = path("OTEL_EXPORTER_OTLP_CLIENT_KEY");
-    let client_identity = match (cert, key) {
-        (Some(c), Some(k)) => Some((c, k)),
-        (None, None) => None,
-        (Some(_), None) => {
-            return Err(ConfigError(
-                "--otlp-endpoint (from OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE): a client \
-                 certificate needs its key in OTEL_EXPORTER_OTLP_CLIENT_KEY"
-                    .into(),
-            ))
-        }
-        (None, Some(_)) => {
-            return Err(ConfigError(
-                "--otlp-endpoint (from OTEL_EXPORTER_OTLP_CLIENT_KEY): a client key needs \
-                 its certificate in OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"
-                    .into(),
-            ))
-        }
-    };
-    Ok(super::OtlpTls {
-        ca: path("OTEL_EXPORTER_OTLP_CERTIFICATE"),
-        client_identity,
     })
 }

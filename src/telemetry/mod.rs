@@ -94,7 +94,11 @@ impl Tracing {
                 let b = SpanExporter::builder()
                     .with_http()
                     .with_protocol(Protocol::HttpBinary)
-                    .with_endpoint(http_traces_url(endpoint))
+                    .with_endpoint(if cfg.otlp_traces_url {
+                        endpoint.to_string()
+                    } else {
+                        http_traces_url(endpoint)
+                    })
                     .with_timeout(export::EXPORT_TIMEOUT);
                 if https {
                     let client = otlp_tls::http(&cfg.otlp_tls, export::EXPORT_TIMEOUT)
@@ -123,7 +127,8 @@ impl Tracing {
 }
 
 /// OTLP/HTTP wants the signal path; like `OTEL_EXPORTER_OTLP_ENDPOINT`, a base URL gets
-/// `/v1/traces` appended (a URL that already names it is kept).
+/// `/v1/traces` appended (a URL that already names it is kept). The URL of
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is the whole URL and does not come here.
 fn http_traces_url(endpoint: &str) -> String {
     let base = endpoint.trim_end_matches('/');
     if base.ends_with("/v1/traces") {

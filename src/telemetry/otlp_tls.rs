@@ -1,5 +1,6 @@
-//! TLS to an `https://` OTLP collector: the CAs of `OTEL_EXPORTER_OTLP_CERTIFICATE` (else the
-//! system's), and a client identity when the collector asks for one. gRPC goes through
+//! TLS to an `https://` OTLP collector: the CAs of `OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE`
+//! (else the system's), and a client identity when the collector asks for one. Errors name
+//! the variable the file came from. gRPC goes through
 //! tonic's rustls; OTLP/HTTP through a hyper client with a rustls connector of our own (the
 //! exporter's hyper client speaks plain HTTP only).
 
@@ -36,19 +37,16 @@ pub fn grpc(tls: &OtlpTls) -> Result<ClientTlsConfig, String> {
     cfg = match &tls.ca {
         Some(ca) => {
             // Parsed here too, so a file without certificates fails at start-up.
-            roots_from_file(ca)?;
-            cfg.ca_certificate(Certificate::from_pem(read(
-                ca,
-                "OTEL_EXPORTER_OTLP_CERTIFICATE",
-            )?))
+            roots_from_file(ca, tls.vars.ca)?;
+            cfg.ca_certificate(Certificate::from_pem(read(ca, tls.vars.ca)?))
         }
         None => cfg.with_native_roots(),
     };
     if let Some((cert, key)) = &tls.client_identity {
-        identity(cert, key)?;
+        identity(tls, cert, key)?;
         cfg = cfg.identity(Identity::from_pem(
-            read(cert, "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE")?,
-            read(key, "OTEL_EXPORTER_OTLP_CLIENT_KEY")?,
+            read(cert, tls.vars.cert)?,
+            read(key, tls.vars.key)?,
         ));
     }
     Ok(cfg)
@@ -60,16 +58,16 @@ pub fn http(
     timeout: Duration,
 ) -> Result<opentelemetry_http::hyper::HyperClient<TlsConnector>, String> {
     let roots = match &tls.ca {
-        Some(ca) => roots_from_file(ca)?,
+        Some(ca) => roots_from_file(ca, tls.vars.ca)?,
         None => native_roots()?,
     };
     let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
     let mut config = match &tls.client_identity {
         Some((cert, key)) => {
-            let (chain, key) = identity(cert, key)?;
+            let (chain, key) = identity(tls, cert, key)?;
             builder
                 .with_client_auth_cert(chain, key)
-                .map_err(|e| format!("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE: {e}"))?
+                .map_err(|e| format!("{}: {e}", tls.vars.cert))?
         }
         None => builder.with_no_client_auth(),
     };
@@ -87,8 +85,7 @@ pub fn http(
     ))
 }
 
-fn roots_from_file(ca: &Path) -> Result<rustls::RootCertStore, String> {
-    let what = "OTEL_EXPORTER_OTLP_CERTIFICATE";
+fn roots_from_file(ca: &Path, what: &str) -> Result<rustls::RootCertStore, String> {
     let pem = read(ca, what)?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&pem) {
@@ -119,8 +116,12 @@ fn native_roots() -> Result<rustls::RootCertStore, String> {
 
 type Chain = Vec<CertificateDer<'static>>;
 
-fn identity(cert: &Path, key: &Path) -> Result<(Chain, PrivateKeyDer<'static>), String> {
-    let cert_what = "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE";
+fn identity(
+    tls: &OtlpTls,
+    cert: &Path,
+    key: &Path,
+) -> Result<(Chain, PrivateKeyDer<'static>), String> {
+    let cert_what = tls.vars.cert;
     let chain = CertificateDer::pem_slice_iter(&read(cert, cert_what)?)
         .collect::<Result<Chain, _>>()
         .map_err(|e| format!("{cert_what} {}: {e}", cert.display()))?;
@@ -130,7 +131,7 @@ fn identity(cert: &Path, key: &Path) -> Result<(Chain, PrivateKeyDer<'static>), 
             cert.display()
         ));
     }
-    let key_what = "OTEL_EXPORTER_OTLP_CLIENT_KEY";
+    let key_what = tls.vars.key;
     let key = PrivateKeyDer::from_pem_slice(&read(key, key_what)?)
         .map_err(|e| format!("{key_what} {}: {e}", key.display()))?;
     Ok((chain, key))

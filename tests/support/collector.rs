@@ -249,6 +249,10 @@ impl Collector {
 
 type HttpBody = http_body_util::combinators::UnsyncBoxBody<Bytes, tonic::Status>;
 
+/// A path of the HTTP collector other than the standard `/v1/traces`, for a test of a whole
+/// traces URL (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`); any other path gets 404.
+pub const WHOLE_TRACES_PATH: &str = "/otlp/spans";
+
 async fn http_export(req: Request<Incoming>, store: Store) -> Response<HttpBody> {
     let reply = |status: u16, body: Vec<u8>| {
         Response::builder()
@@ -261,7 +265,8 @@ async fn http_export(req: Request<Incoming>, store: Store) -> Response<HttpBody>
             )
             .expect("response")
     };
-    if req.uri().path() != "/v1/traces" || req.method() != http::Method::POST {
+    let path = req.uri().path();
+    if !(path == "/v1/traces" || path == WHOLE_TRACES_PATH) || req.method() != http::Method::POST {
         return reply(404, Vec::new());
     }
     let Ok(body) = req.into_body().collect().await else {
