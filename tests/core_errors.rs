@@ -317,3 +317,58 @@ async fn client_gone_mid_upload_is_not_an_upstream_error() {
     }
     assert!(proxy.shutdown().await);
 }
+
+/// The head limit holds for every request of a connection, not only its first: a pipelined
+/// head over 64 KiB behind requests hyper serves (a body) or our own loop serves (bodiless)
+/// is refused with 431 and the connection closed, whatever hyper had buffered already.
+#[tokio::test]
+async fn oversized_pipelined_head_is_431_on_any_request() {
+    let up = Upstream::start().await;
+    let proxy = start(config(up.addr)).await;
+    let inbound = proxy.inbound.expect("inbound");
+    let big = format!(
+        "GET /big HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let with_body = "POST /first HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello";
+    let bodiless = "GET /first HTTP/1.1\r\nHost: a\r\n\r\n";
+    for (name, leading) in [
+        ("after a request with a body", with_body.to_string()),
+        ("after a bodiless request", bodiless.to_string()),
+        (
+            "after both kinds",
+            format!("{bodiless}{with_body}{bodiless}"),
+        ),
+    ] {
+        let before = up.count();
+        let expected = leading.matches("/first").count();
+        let answer = exchange(inbound, format!("{leading}{big}").as_bytes()).await;
+        let statuses: Vec<u16> = answer
+            .match_indices("HTTP/1.1 ")
+            .map(|(i, _)| status_of(&answer[i..]))
+            .collect();
+        assert_eq!(statuses.len(), expected + 1, "{name}: {answer}");
+        assert!(
+            statuses[..expected].iter().all(|s| *s == 200),
+            "{name}: {statuses:?}"
+        );
+        assert_eq!(statuses[expected], 431, "{name}: {answer}");
+        assert_eq!(
+            up.count() - before,
+            expected,
+            "{name}: the oversized head never reaches the app"
+        );
+    }
+    // Under the limit, a long pipelined head (past what the loop serves itself) still passes.
+    let long = format!(
+        "GET /long HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Long: {}\r\n\r\n",
+        "l".repeat(40 * 1024)
+    );
+    for leading in [with_body, bodiless] {
+        let before = up.count();
+        let answer = exchange(inbound, format!("{leading}{long}").as_bytes()).await;
+        assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer}");
+        assert_eq!(up.count() - before, 2, "both requests reach the app");
+    }
+    assert!(proxy.shutdown().await);
+}

@@ -32,8 +32,10 @@ use crate::layers::metrics::{
     DirectionLabel, ErrorType, HttpMetrics, Method, Protocol, ServerLabels,
 };
 
-/// Largest request head (all header lines) accepted; beyond it HTTP/1 answers 431 and HTTP/2
-/// refuses the stream. 64 KiB is Envoy's default and well above what browsers send.
+/// Largest request head accepted (HTTP/1: request line and header lines; HTTP/2: the header
+/// list); beyond it HTTP/1 answers 431 and closes, HTTP/2 refuses the stream. Enforced on
+/// every request of a connection, not only the first. 64 KiB is Envoy's default and well
+/// above what browsers send.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Header fields per HTTP/1 request on the inbound listener: Envoy's default, and hyper's own.
 /// Above 100 hyper parses into two heap arrays (7 KiB) per request instead of its stack ones.
@@ -151,7 +153,9 @@ pub struct Listener {
 }
 
 /// The HTTP/1 server settings, for hyper's own builder and hyper-util's auto one alike
-/// (two types with the same methods).
+/// (two types with the same methods). The auto builder has no `max_header_size`: its buffer
+/// limit bounds the first head only (a read may carry the buffer past it and complete a
+/// longer pipelined head), so HTTP/1 connections go to hyper's own builder, which has it.
 macro_rules! http1_settings {
     ($b:expr, $listener:expr) => {
         $b.timer(TokioTimer::new())
@@ -177,6 +181,7 @@ impl Listener {
     fn http1_builder(&self) -> http1::Builder {
         let mut b = http1::Builder::new();
         http1_settings!(b, self);
+        b.max_header_size(MAX_HEADER_BYTES);
         b
     }
 
@@ -324,7 +329,11 @@ impl Listener {
                 max_headers,
             );
             match own.run().await {
-                Ok(h1::Next::HandOff { fresh }) => h1_only = !fresh,
+                // A fresh connection is HTTP/2 (prior knowledge) only if it opens with the
+                // preface; anything else is HTTP/1 for hyper's own builder.
+                Ok(h1::Next::HandOff { fresh }) => {
+                    h1_only = !fresh || !h1::may_be_h2_preface(&read)
+                }
                 Ok(h1::Next::Close) => {
                     // As hyper does: close_notify (TLS) and FIN rather than a bare close.
                     let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, io.shutdown()).await;

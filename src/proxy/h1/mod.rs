@@ -42,9 +42,17 @@ use super::body::{self, Body};
 use super::drain::Drain;
 use super::ConnMeta;
 
-/// Largest head this loop waits for; a longer one goes to hyper, which allows up to the
-/// listener's limit and answers 431 beyond it.
+/// Largest head this loop serves or waits for; a longer one (even complete in the buffer)
+/// goes to hyper, which allows up to the listener's limit and answers 431 beyond it.
 const FAST_HEAD_BYTES: usize = 16 * 1024;
+/// What an HTTP/2 connection with prior knowledge opens with (RFC 9113, 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether `buf` (the start of a connection) is, or may still become, the HTTP/2 preface.
+pub fn may_be_h2_preface(buf: &[u8]) -> bool {
+    let n = buf.len().min(H2_PREFACE.len());
+    buf[..n] == H2_PREFACE[..n]
+}
 /// Pipelined bytes read ahead while a request is in flight; beyond this the client waits.
 const READ_AHEAD: usize = 64 * 1024;
 /// Fields per request; the listener's own limit (`max_headers`) is at most this.
@@ -144,7 +152,8 @@ where
         let mut req = httparse::Request::new(&mut []);
         let buf: &[u8] = self.buf;
         let head_len = match req.parse_with_uninit_headers(buf, &mut fields[..self.max_headers]) {
-            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Complete(n)) if n <= FAST_HEAD_BYTES => n,
+            Ok(httparse::Status::Complete(_)) => return Some(Err(())),
             Ok(httparse::Status::Partial) => return None,
             Err(_) => return Some(Err(())),
         };
