@@ -239,3 +239,126 @@ async fn kubernetes_symlink_swap_is_picked_up() {
     assert_eq!(serial(&after.server_cert), pem_serial(&second.cert_pem));
     assert!(proxy.shutdown().await);
 }
+
+/// A reload retires the sidecar's pooled connections to peers: they were authenticated with
+/// the identity and trust bundle just replaced (a CA removed, a certificate rotated out).
+/// The request after the reload opens a new mTLS connection, which presents the new
+/// certificate; requests before it share one connection, and so do those after it: for
+/// HTTP/1 callers (our pool) and HTTP/2 callers (hyper-util's client, h2 to the peer).
+#[tokio::test]
+async fn reload_retires_pooled_peer_connections() {
+    use bytes::Bytes;
+    use http::Request;
+    use http_body_util::Full;
+
+    let pki = Pki::new();
+    let caller_files = pki.service("caller");
+    let callee_files = pki.service("callee");
+    let callee_app = Upstream::start().await;
+    let mut cfg = config(callee_app.addr);
+    with_tls(&mut cfg, &callee_files);
+    let callee = start(cfg).await;
+    let callee_port = callee.inbound.expect("inbound").port();
+    let caller_app = Upstream::start().await;
+    let mut cfg = config(caller_app.addr);
+    with_tls(&mut cfg, &caller_files);
+    cfg.peers = vec![
+        format!("callee=127.0.0.1:{callee_port}#spiffe://tracseq.local/callee")
+            .parse()
+            .expect("peer"),
+    ];
+    let caller = start(cfg).await;
+    let out = caller.outbound_addr();
+
+    // HTTP/1 callers (bodiless and with a body: the pool's two clients share connections)
+    // and an HTTP/2 caller (h2c with `:authority` naming the service; hyper-util's client
+    // takes it on, h2 by ALPN to the peer).
+    let h1 = h1_client();
+    let tcp = tokio::net::TcpStream::connect(out).await.expect("connect");
+    let (h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    let call = |i: usize, http2: bool| {
+        let (h1, mut h2) = (h1.clone(), h2.clone());
+        async move {
+            let body = if i % 2 == 0 { "" } else { "sample" };
+            let method = if i % 2 == 0 { "GET" } else { "POST" };
+            let resp = if http2 {
+                let req = Request::builder()
+                    .method(method)
+                    .uri(format!("http://callee/r/{i}"))
+                    .body(Full::new(Bytes::from_static(body.as_bytes())))
+                    .expect("request");
+                let resp = tokio::time::timeout(WAIT, h2.send_request(req))
+                    .await
+                    .expect("in time")
+                    .expect("response");
+                collect(resp).await.expect("body")
+            } else {
+                let req = Request::builder()
+                    .method(method)
+                    .uri(format!("http://{out}/r/{i}"))
+                    .header("host", "callee")
+                    .body(Full::new(Bytes::from_static(body.as_bytes())))
+                    .expect("request");
+                send(&h1, req).await.expect("response")
+            };
+            assert_eq!(resp.status, 200, "request {i}: {}", resp.text());
+        }
+    };
+    let handshakes = || async {
+        callee.metrics().await.sum(
+            "tracseq_proxy_tls_handshakes_total",
+            &[("direction", "inbound"), ("result", "ok")],
+        )
+    };
+    let client_cert_hash = || {
+        let seen = callee_app.last();
+        let xfcc = seen.headers["x-forwarded-client-cert"]
+            .to_str()
+            .expect("ascii")
+            .to_string();
+        xfcc.split(';')
+            .find(|p| p.starts_with("Hash="))
+            .expect("hash in XFCC")
+            .to_string()
+    };
+    for i in 0..3 {
+        call(i, false).await;
+        call(i, true).await;
+    }
+    assert_eq!(
+        handshakes().await,
+        2.0,
+        "one HTTP/1.1 and one h2 connection before the reload"
+    );
+    let old_hash = client_cert_hash();
+
+    let next = pki.ca.issue("caller", DAY).expect("rotated cert");
+    replace(&caller_files.cert, &next.cert_pem);
+    replace(&caller_files.key, &next.key_pem);
+    let ok = wait_metric(caller.admin, RELOADS, &[("result", "ok")], 1.0).await;
+    assert!(ok >= 1.0, "the caller loaded its new files");
+
+    for i in 3..6 {
+        call(i, false).await;
+        call(i, true).await;
+    }
+    assert_eq!(
+        handshakes().await,
+        4.0,
+        "both connections were retired; their successors are reused"
+    );
+    assert_ne!(
+        client_cert_hash(),
+        old_hash,
+        "the callee sees the caller's new certificate"
+    );
+    assert_eq!(callee_app.count(), 12);
+    assert!(caller.shutdown().await);
+    assert!(callee.shutdown().await);
+}

@@ -71,6 +71,12 @@ impl Connector {
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
     }
+
+    /// The TLS generation new connections are opened under (0 for plain TCP); see
+    /// [`ClientTls::generation`].
+    pub fn tls_generation(&self) -> u64 {
+        self.tls.as_ref().map_or(0, |t| t.generation())
+    }
 }
 
 /// A connection to an upstream: plain TCP, or mTLS to a peer sidecar.

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -43,6 +44,8 @@ struct State {
 /// This sidecar's client side towards peers.
 pub struct ClientTls {
     state: RwLock<Arc<State>>,
+    /// Bumped by every swap: pools drop connections opened under an older one.
+    generation: AtomicU64,
     min_version: TlsVersion,
     metrics: TlsMetrics,
 }
@@ -59,18 +62,28 @@ impl ClientTls {
         let state = state(loaded)?;
         Some(Self {
             state: RwLock::new(Arc::new(state)),
+            generation: AtomicU64::new(0),
             min_version,
             metrics,
         })
     }
 
-    /// Swap in newly loaded files; connections already open keep going.
+    /// Swap in newly loaded files. Requests in flight finish on their connections; idle
+    /// pooled ones are not reused (see [`generation`](Self::generation)).
     pub fn update(&self, loaded: &Loaded) -> Result<(), String> {
         let s = state(loaded).ok_or("no trust bundle (--tls-ca)")?;
         if let Ok(mut cur) = self.state.write() {
             *cur = Arc::new(s);
         }
+        self.generation.fetch_add(1, Ordering::Release);
         Ok(())
+    }
+
+    /// Which identity and trust bundle new handshakes use: changes with every swap. A
+    /// connection opened under an older one was authenticated with files since replaced (a
+    /// revoked CA, an identity rotated out), so the pools do not reuse it.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     fn current(&self) -> Arc<State> {

@@ -2,7 +2,8 @@
 //! watched (not the files: Kubernetes updates a secret by swapping a `..data` symlink, and a
 //! rename-into-place replaces the inode a file watch would follow). After a short quiet
 //! period the files are read again; if they load and match, the server and client configs are
-//! swapped (new handshakes use them, live connections keep theirs); if not, the old identity
+//! swapped (new handshakes use them; connections to peers opened before are not reused, see
+//! `ClientTls::generation`; connections peers opened to us keep theirs); if not, the old identity
 //! stays, an error is logged and counted. Unchanged contents are skipped silently.
 
 use std::collections::hash_map::DefaultHasher;

@@ -19,6 +19,8 @@ pub(super) struct Conn {
     pub(super) closed: bool,
     pub(super) relay: Arc<Relay>,
     relay_waker: Waker,
+    /// The connector's TLS generation when the connection was opened.
+    pub(super) generation: u64,
 }
 
 /// The waker every part of a connection is polled with. hyper's client signals its own
@@ -93,6 +95,7 @@ impl Conn {
     pub(super) fn new(
         sender: http1::SendRequest<Body>,
         driver: http1::Connection<UpstreamIo, Body>,
+        generation: u64,
     ) -> Self {
         let relay = Relay::new();
         Self {
@@ -101,6 +104,7 @@ impl Conn {
             closed: false,
             relay_waker: Waker::from(relay.clone()),
             relay,
+            generation,
         }
     }
 
@@ -164,7 +168,7 @@ impl Conn {
         parts
             .read_buf
             .is_empty()
-            .then(|| super::raw::RawConn::from_io(parts.io))
+            .then(|| super::raw::RawConn::new(parts.io, self.generation))
     }
 
     /// Ready for a new request right now (open, and the previous exchange fully done)?

@@ -10,7 +10,8 @@
 //! end, when the connection goes back to the pool. An idle connection is polled by nobody;
 //! the next checkout polls it first, so a connection the upstream closed meanwhile is seen
 //! and dropped before a request is put on it, and a periodic sweep closes connections idle
-//! past [`IDLE_TIMEOUT`] (or closed by the upstream).
+//! past [`IDLE_TIMEOUT`] (or closed by the upstream). A connection opened before a TLS
+//! reload (an older `ClientTls::generation`) is neither reused nor kept idle.
 //!
 //! HTTP/2 to plaintext destinations has its own pool ([`H2Pool`]): one connection shared by
 //! concurrent requests, driven by a task of its own. Upgrades (WebSocket) and ALPN-negotiated
@@ -105,6 +106,15 @@ enum Pooled {
 struct Idle {
     conn: Pooled,
     since: Instant,
+}
+
+impl Pooled {
+    fn generation(&self) -> u64 {
+        match self {
+            Self::Hyper(c) => c.generation,
+            Self::Raw(r) => r.generation,
+        }
+    }
 }
 
 impl Idle {
@@ -237,7 +247,9 @@ impl H1Pool {
                 }
                 idle
             };
-            if idle.since.elapsed() >= IDLE_TIMEOUT {
+            if idle.since.elapsed() >= IDLE_TIMEOUT
+                || idle.conn.generation() != self.shared.connector.tls_generation()
+            {
                 continue;
             }
             // Polls only a connection something happened on since it went idle; a closed
@@ -254,10 +266,11 @@ impl H1Pool {
             match self.pop_idle(authority)? {
                 Pooled::Hyper(conn) => return Some(conn),
                 Pooled::Raw(raw) => {
+                    let generation = raw.generation;
                     let Some(io) = raw.into_io() else { continue };
                     // No I/O: an HTTP/1 handshake only sets up the connection's state.
                     if let Ok((sender, driver)) = http1::Builder::new().handshake(io).await {
-                        return Some(Conn::new(sender, driver));
+                        return Some(Conn::new(sender, driver, generation));
                     }
                 }
             }
@@ -290,8 +303,11 @@ impl H1Pool {
         }
     }
 
-    /// A new connection to `authority` (TCP, and TLS when the connector says so).
-    async fn open(&self, authority: &Authority) -> Result<UpstreamIo, SendError> {
+    /// A new connection to `authority` (TCP, and TLS when the connector says so), with the
+    /// TLS generation it is opened under (read before the handshake: one racing a reload
+    /// counts as the older).
+    async fn open(&self, authority: &Authority) -> Result<(UpstreamIo, u64), SendError> {
+        let generation = self.shared.connector.tls_generation();
         let uri = Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(authority.clone())
@@ -304,16 +320,16 @@ impl H1Pool {
             .map_err(SendError::Connect)?;
         // From the first connection on, idle ones need sweeping.
         self.start_sweeper();
-        Ok(io)
+        Ok((io, generation))
     }
 
     async fn connect(&self, authority: &Authority) -> Result<Conn, SendError> {
-        let io = self.open(authority).await?;
+        let (io, generation) = self.open(authority).await?;
         let (sender, driver) = http1::Builder::new()
             .handshake(io)
             .await
             .map_err(|e| SendError::Connect(e.into()))?;
-        Ok(Conn::new(sender, driver))
+        Ok(Conn::new(sender, driver, generation))
     }
 
     fn put(&self, authority: Authority, conn: Conn) {
@@ -361,8 +377,13 @@ impl Shared {
         // Nobody waits on an idle connection: polling it (with the relay's or the raw
         // connection's own waker inside) only lets it notice the upstream's close.
         let mut cx = Context::from_waker(Waker::noop());
+        let generation = self.connector.tls_generation();
         map.retain(|_, list| {
-            list.retain_mut(|i| i.since.elapsed() < IDLE_TIMEOUT && i.usable(&mut cx));
+            list.retain_mut(|i| {
+                i.since.elapsed() < IDLE_TIMEOUT
+                    && i.conn.generation() == generation
+                    && i.usable(&mut cx)
+            });
             !list.is_empty()
         });
     }

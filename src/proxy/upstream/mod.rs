@@ -37,7 +37,11 @@ pub enum H2Policy {
 }
 
 /// An expected peer identity, and whether h2 is offered in ALPN.
-type PeerKey = (Arc<str>, bool);
+/// A hyper-util client's expected peer identity (none: the peer's DNS name, or plaintext) and
+/// whether it offers h2.
+type ClientKey = (Option<Arc<str>>, bool);
+/// A client and the TLS generation it was built under.
+type Tagged = (u64, Client<Connector, Body>);
 
 #[derive(Clone)]
 pub struct Forward {
@@ -50,14 +54,14 @@ struct Inner {
     /// Peers over mTLS: ALPN picks the protocol, and the auto client follows it (a
     /// connection that negotiated h2 is shared by all requests, whatever their version).
     alpn: bool,
-    h1: Client<Connector, Body>,
-    /// HTTP/1 callers to TLS peers: ALPN offers only HTTP/1.1 (the caller's version).
-    h1_tls: Client<Connector, Body>,
-    /// With mTLS, one pool per expected peer identity (from the `--peer` table, so bounded):
-    /// the pool key is only the authority, and two names for one address that expect
-    /// different identities must never share a connection. Keyed by identity and whether h2
-    /// is offered (the caller spoke HTTP/2).
-    by_identity: RwLock<HashMap<PeerKey, Client<Connector, Body>>>,
+    /// hyper-util's clients, keyed by expected peer identity (with mTLS, one per identity
+    /// from the `--peer` table, so bounded: the client's pool key is only the authority, and
+    /// two names for one address that expect different identities must never share a
+    /// connection) and whether h2 is offered in ALPN (the caller spoke HTTP/2; HTTP/1
+    /// callers to TLS peers are offered only HTTP/1.1). Each is tagged with the connector's
+    /// TLS generation it was built under and rebuilt after a reload: dropping the old client
+    /// closes its idle connections, requests in flight finish on theirs.
+    clients: RwLock<HashMap<ClientKey, Tagged>>,
     /// HTTP/1.1 exchanges (all but HTTP/2 and upgrades) go through our own pools, which
     /// drive each connection in the request's task (`proxy::pool`): to the local app or
     /// plaintext peers, to TLS peers without an expected identity, and one per identity.
@@ -89,8 +93,6 @@ impl Forward {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new());
         let alpn = connector.is_tls();
-        let h1 = b.build(connector.clone());
-        let h1_tls = b.build(connector.clone().http1_only());
         let auto_builder = b.clone();
         let h2 = H2Pool::new(connector.clone());
         Self {
@@ -98,9 +100,7 @@ impl Forward {
                 direction,
                 h2_policy,
                 alpn,
-                h1,
-                h1_tls,
-                by_identity: RwLock::new(HashMap::default()),
+                clients: RwLock::new(HashMap::default()),
                 pool_plain: H1Pool::new(connector.clone()),
                 pool_tls: H1Pool::new(connector.clone().http1_only()),
                 pools_by_identity: RwLock::new(HashMap::default()),
@@ -199,7 +199,6 @@ impl tower::Service<Request<Body>> for Forward {
                     Err(e) => Err(Failed::Pool(Box::new(e))),
                 },
                 Via::Client(client) => shared(client.request(req).await),
-                Via::PeerClient(client) => shared(client.request(req).await),
             };
             let elapsed = start.elapsed();
             let (mut labels, span) = unfinished.finish();

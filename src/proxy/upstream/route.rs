@@ -20,8 +20,7 @@ pub(super) enum Via<'a> {
     Pool(H1Pool),
     /// h2c to the address in `Dest`; the request's URI keeps the caller's authority.
     H2(&'a H2Pool),
-    Client(&'a Client<Connector, Body>),
-    PeerClient(Box<Client<Connector, Body>>),
+    Client(Box<Client<Connector, Body>>),
 }
 
 /// A response body from either kind of client.
@@ -93,11 +92,12 @@ impl Inner {
         let pooled = !(upgrade || (self.alpn && h2_caller));
         match (&dest.identity, self.alpn) {
             (Some(id), true) if pooled => Via::Pool(self.pool_for_identity(id)),
-            (Some(id), true) => Via::PeerClient(Box::new(self.for_identity(id, h2_caller))),
+            (Some(id), true) => Via::Client(Box::new(self.client(Some(id), h2_caller))),
             (_, true) if pooled => Via::Pool(self.pool_tls.clone()),
-            (_, true) if !h2_caller => Via::Client(&self.h1_tls),
+            (_, true) => Via::Client(Box::new(self.client(None, h2_caller))),
             (_, false) if pooled => Via::Pool(self.pool_plain.clone()),
-            _ => Via::Client(&self.h1),
+            // Plaintext: the connector offers no ALPN; one client for every caller.
+            _ => Via::Client(Box::new(self.client(None, true))),
         }
     }
 
@@ -123,25 +123,34 @@ impl Inner {
         pool
     }
 
-    /// The pooled client for a TLS peer expected to present `identity`.
-    fn for_identity(&self, identity: &Arc<str>, h2: bool) -> Client<Connector, Body> {
-        let key = (identity.clone(), h2);
-        if let Some(c) = self
-            .by_identity
+    /// hyper-util's pooled client for a peer expected to present `identity` (else its DNS
+    /// name, or plaintext), offering h2 in ALPN or not; a new one after a TLS reload.
+    fn client(&self, identity: Option<&Arc<str>>, h2: bool) -> Client<Connector, Body> {
+        let key = (identity.cloned(), h2);
+        let generation = self.connector.tls_generation();
+        if let Some((_, c)) = self
+            .clients
             .read()
             .ok()
-            .and_then(|m| m.get(&key).cloned())
+            .and_then(|m| m.get(&key).filter(|(g, _)| *g == generation).cloned())
         {
             return c;
         }
-        let connector = self.connector.clone().expecting(identity.clone());
-        let client = self.auto_builder.build(if h2 {
-            connector
-        } else {
-            connector.http1_only()
-        });
-        if let Ok(mut m) = self.by_identity.write() {
-            return m.entry(key).or_insert(client).clone();
+        let mut connector = self.connector.clone();
+        if let Some(id) = identity {
+            connector = connector.expecting(id.clone());
+        }
+        if !h2 {
+            connector = connector.http1_only();
+        }
+        let client = self.auto_builder.build(connector);
+        if let Ok(mut m) = self.clients.write() {
+            let entry = m.entry(key).or_insert_with(|| (generation, client.clone()));
+            if entry.0 < generation {
+                // Dropping the old client closes its idle connections.
+                *entry = (generation, client);
+            }
+            return entry.1.clone();
         }
         client
     }

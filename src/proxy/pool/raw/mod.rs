@@ -62,10 +62,12 @@ pub(super) struct RawConn {
     spans: Vec<[usize; 4]>,
     flag: Arc<Flag>,
     waker: Waker,
+    /// The connector's TLS generation when the connection was opened.
+    pub(super) generation: u64,
 }
 
 impl RawConn {
-    fn new(io: UpstreamIo) -> Self {
+    pub(super) fn new(io: UpstreamIo, generation: u64) -> Self {
         let flag = Arc::new(Flag(AtomicBool::new(false)));
         Self {
             io: TokioIo::new(io),
@@ -73,6 +75,7 @@ impl RawConn {
             spans: Vec::new(),
             waker: Waker::from(flag.clone()),
             flag,
+            generation,
         }
     }
 
@@ -98,11 +101,6 @@ impl RawConn {
     /// an answer).
     pub(super) fn into_io(self) -> Option<UpstreamIo> {
         self.buf.is_empty().then(|| self.io.into_inner())
-    }
-
-    /// A connection hyper's client left idle, now ours.
-    pub(super) fn from_io(io: UpstreamIo) -> Self {
-        Self::new(io)
     }
 
     /// Read more into the buffer (its spare capacity, not zeroed first); `Ok(0)` at the end
@@ -166,7 +164,7 @@ impl H1Pool {
             let (mut conn, reused) = match self.raw_checkout(&authority) {
                 Some(conn) => (conn, true),
                 None => match self.open(&authority).await {
-                    Ok(io) => (RawConn::new(io), false),
+                    Ok((io, generation)) => (RawConn::new(io, generation), false),
                     Err(error) => {
                         return Err(Failure {
                             error,
