@@ -130,7 +130,7 @@ impl Tracer {
         let now = SystemTime::now();
         SpanRecord {
             tracer: self.clone(),
-            data: SpanData {
+            data: Box::new(SpanData {
                 span_context: SpanContext::new(
                     TraceId::from_bytes(ids.trace_id),
                     SpanId::from_bytes(ids.span_id),
@@ -150,15 +150,19 @@ impl Tracer {
                 links: SpanLinks::default(),
                 status: Status::Unset,
                 instrumentation_scope: self.scope.clone(),
-            },
+            }),
         }
     }
 }
 
 /// A sampled span in progress; `end` queues it for export (never blocks, never fails).
+///
+/// The span data is boxed: request futures carry an `Option<SpanRecord>` (SERVER and CLIENT
+/// span) whether or not the request is sampled, and an inline `SpanData` (~390 bytes) made
+/// each of them that much larger for every request, sampled or not.
 pub struct SpanRecord {
     tracer: Arc<Tracer>,
-    data: SpanData,
+    data: Box<SpanData>,
 }
 
 impl SpanRecord {
@@ -177,7 +181,7 @@ impl SpanRecord {
     pub fn end(mut self) {
         self.data.end_time = SystemTime::now();
         if let Some(sink) = &self.tracer.sink {
-            sink.submit(self.data);
+            sink.submit(*self.data);
         }
     }
 }

@@ -194,11 +194,14 @@ impl tower::Service<Request<Body>> for Forward {
                     Ok(r) => Ok(r.map(UpstreamBody::from)),
                     Err(e) => Err(Failed::Pool(Box::new(e))),
                 },
-                Via::H2(pool) => match pool.send(&dest.authority, req).await {
+                // The other two are boxed so that their larger state does not widen the
+                // future of every HTTP/1.1 exchange (this whole future is allocated, and
+                // moved into place, once per request).
+                Via::H2(pool) => match Box::pin(pool.send(&dest.authority, req)).await {
                     Ok(r) => Ok(r.map(UpstreamBody::Shared)),
                     Err(e) => Err(Failed::Pool(Box::new(e))),
                 },
-                Via::Client(client) => shared(client.request(req).await),
+                Via::Client(client) => shared(Box::pin(client.request(req)).await),
             };
             let elapsed = start.elapsed();
             let (mut labels, span) = unfinished.finish();
