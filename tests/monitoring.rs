@@ -194,9 +194,80 @@ fn dockerfile_is_multi_stage_non_root_and_locked() {
     let text = std::fs::read_to_string(repo("deploy/Dockerfile")).expect("read Dockerfile");
     assert!(text.matches("\nFROM ").count() >= 2, "multi-stage build");
     assert!(text.contains("cargo build --release --locked"));
+    // The image ships the profile-guided build the benchmarks measure, locked like the
+    // plain one (pgo-build passes --locked to both of its builds).
+    assert!(text.contains("ARG PGO=1"), "profile-guided by default");
+    assert!(text.contains("bin=$(scripts/pgo-build)"));
+    assert!(text.contains("COPY scripts ./scripts"));
+    let pgo = std::fs::read_to_string(repo("scripts/pgo-build")).expect("read pgo-build");
+    assert_eq!(
+        pgo.matches("cargo build --release --locked").count(),
+        2,
+        "both pgo-build builds are --locked"
+    );
     assert!(text.contains("USER 10001"), "runs as non-root");
     assert!(text.contains("EXPOSE 8443 15001 9901"));
     assert!(text.contains("ENTRYPOINT [\"/usr/local/bin/tracseq-proxy\"]"));
+}
+
+/// `major.minor` of a Rust version string ("1.91", "1.88.0").
+fn minor_version(v: &str) -> (u32, u32) {
+    let mut parts = v.trim().split('.').map(|p| p.parse::<u32>().expect(v));
+    (parts.next().expect(v), parts.next().unwrap_or(0))
+}
+
+/// The image's toolchain, Cargo.toml's `rust-version` and the locked dependencies agree: the
+/// image was once pinned to a rustc older than Cargo.lock needed and could not be built.
+#[test]
+fn dockerfile_toolchain_builds_every_locked_dependency() {
+    let docker = std::fs::read_to_string(repo("deploy/Dockerfile")).expect("read Dockerfile");
+    let image = docker
+        .lines()
+        .find_map(|l| l.strip_prefix("FROM rust:"))
+        .and_then(|rest| rest.split('-').next())
+        .expect("the build stage is FROM rust:<version>-...");
+    let manifest = std::fs::read_to_string(repo("Cargo.toml")).expect("read Cargo.toml");
+    let declared = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .map(|v| v.trim_matches('"'))
+        .expect("Cargo.toml declares rust-version");
+    assert!(
+        minor_version(image) >= minor_version(declared),
+        "the image's rustc {image} is older than rust-version {declared}"
+    );
+    // Offline and for this platform: what building this very test downloaded.
+    let rustc = run_ok(Command::new("rustc").arg("-vV"));
+    let host = rustc
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .expect("rustc -vV names the host");
+    let out = Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .args(["--filter-platform", host])
+        .current_dir(repo(""))
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        out.status.success(),
+        "cargo metadata: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
+    let needs: Vec<String> = meta["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .filter_map(|p| {
+            let v = p["rust_version"].as_str()?;
+            (minor_version(v) > minor_version(declared))
+                .then(|| format!("{} {} needs {v}", p["name"], p["version"]))
+        })
+        .collect();
+    assert!(
+        needs.is_empty(),
+        "rust-version {declared} is too old for Cargo.lock: {needs:?}"
+    );
 }
 
 #[test]

@@ -285,8 +285,8 @@ async fn reload_retires_pooled_peer_connections() {
     let call = |i: usize, http2: bool| {
         let (h1, mut h2) = (h1.clone(), h2.clone());
         async move {
-            let body = if i % 2 == 0 { "" } else { "sample" };
-            let method = if i % 2 == 0 { "GET" } else { "POST" };
+            let body = if i.is_multiple_of(2) { "" } else { "sample" };
+            let method = if i.is_multiple_of(2) { "GET" } else { "POST" };
             let resp = if http2 {
                 let req = Request::builder()
                     .method(method)
