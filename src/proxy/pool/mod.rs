@@ -177,8 +177,9 @@ impl H1Pool {
                 .await
                 .map(|r| r.map(PoolBody::Raw));
         }
-        // Boxed: the hyper path's state (checkout, connection, request in flight) would
-        // otherwise make the future of every request, bodiless ones too, ~700 bytes larger.
+        // Boxed (one small allocation for requests with a body): the hyper path's state
+        // (checkout, connection, request in flight) would otherwise make the future of
+        // every request, bodiless ones too, 150 bytes larger (1,624 against 1,472).
         Box::pin(self.send_hyper(req, authority)).await
     }
 
