@@ -235,3 +235,53 @@ async fn optional_client_auth_and_tls12_by_flag() {
     assert!(xfcc.contains("URI=spiffe://tracseq.local/orders"), "{xfcc}");
     assert!(proxy.shutdown().await);
 }
+
+/// A client that negotiates `h2` by ALPN and then speaks HTTP/1.1 meets the same 64 KiB head
+/// limit as any other: hyper-util's auto builder, which used to take ALPN-h2 connections
+/// directly, falls back to HTTP/1 without one, so a pipelined 100 KiB head reached the app.
+#[tokio::test]
+async fn alpn_h2_client_speaking_http1_meets_the_head_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let callee = pki.service("callee");
+    let caller = pki.service("caller");
+    let up = Upstream::start().await;
+    let mut cfg = config(up.addr);
+    with_tls(&mut cfg, &callee);
+    let proxy = start(cfg).await;
+    let addr = proxy.inbound.expect("inbound");
+    let mut conf = (*client_config(
+        &pki.ca_pem(),
+        Some((&caller.issued.cert_pem, &caller.issued.key_pem)),
+    ))
+    .clone();
+    conf.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("callee".to_string()).expect("name");
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(conf))
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    // A request with a body (hyper's, not the proxy's own loop), then a pipelined head over
+    // the limit.
+    let first = "POST /first HTTP/1.1\r\nHost: callee\r\nContent-Length: 5\r\n\r\nhello";
+    let big = format!(
+        "GET /big HTTP/1.1\r\nHost: callee\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let before = up.count();
+    tls.write_all(format!("{first}{big}").as_bytes())
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "431"], "{text}");
+    assert_eq!(up.count() - before, 1, "the oversized head reached the app");
+    assert!(proxy.shutdown().await);
+}

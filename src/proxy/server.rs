@@ -175,9 +175,11 @@ impl Listener {
         }
     }
 
-    /// hyper's HTTP/1 server alone: for connections that already served HTTP/1.1 requests
-    /// (auto-detection would take the HTTP/2 preface there as a switch of protocol). The same
-    /// settings as the HTTP/1 half of `builder`.
+    /// hyper's HTTP/1 server alone, for every connection the HTTP/1.1 loop hands over that
+    /// is not (yet) the HTTP/2 preface: after a request served as HTTP/1.1 auto-detection
+    /// would take the preface as a switch of protocol, and only this builder holds the head
+    /// limit (`max_header_size`; it also raises hyper's limit on chunked trailers to it). The
+    /// same settings as the HTTP/1 half of `builder`.
     fn http1_builder(&self) -> http1::Builder {
         let mut b = http1::Builder::new();
         http1_settings!(b, self);
@@ -306,9 +308,10 @@ impl Listener {
                 None,
             );
         });
-        // HTTP/2 by ALPN goes straight to hyper; everything else starts in our own HTTP/1.1
-        // loop, which hands over to hyper at the first request it does not serve itself.
-        let h2 = matches!(&io, ServerIo::Tls(s) if s.get_ref().1.alpn_protocol() == Some(b"h2"));
+        // Every connection starts in our own HTTP/1.1 loop, which hands over to hyper at the
+        // first request it does not serve itself. HTTP/2 by ALPN too: its preface is handed
+        // over at once, and a client that negotiated h2 but speaks HTTP/1.1 still meets the
+        // head limit (hyper-util's auto builder, which would take it, has no such limit).
         let mut io = TimedIo::new(
             io,
             state,
@@ -317,34 +320,29 @@ impl Listener {
             on_timeout,
         );
         let mut read = BytesMut::new();
-        let mut h1_only = false;
-        if !h2 {
-            let max_headers = self.max_headers();
-            let own = h1::Conn::new(
-                &mut io,
-                &mut read,
-                stack.clone(),
-                meta.clone(),
-                &drain,
-                max_headers,
-            );
-            match own.run().await {
-                // A fresh connection is HTTP/2 (prior knowledge) only if it opens with the
-                // preface; anything else is HTTP/1 for hyper's own builder.
-                Ok(h1::Next::HandOff { fresh }) => {
-                    h1_only = !fresh || !h1::may_be_h2_preface(&read)
-                }
-                Ok(h1::Next::Close) => {
-                    // As hyper does: close_notify (TLS) and FIN rather than a bare close.
-                    let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, io.shutdown()).await;
-                    return;
-                }
-                Err(e) => {
-                    tracing::debug!(direction = self.direction.as_str(), client = %peer, error = %e, "connection ended with an error");
-                    return;
-                }
+        let max_headers = self.max_headers();
+        let own = h1::Conn::new(
+            &mut io,
+            &mut read,
+            stack.clone(),
+            meta.clone(),
+            &drain,
+            max_headers,
+        );
+        let h1_only = match own.run().await {
+            // A fresh connection is HTTP/2 (prior knowledge) only if it opens with the
+            // preface; anything else is HTTP/1 for hyper's own builder.
+            Ok(h1::Next::HandOff { fresh }) => !fresh || !h1::may_be_h2_preface(&read),
+            Ok(h1::Next::Close) => {
+                // As hyper does: close_notify (TLS) and FIN rather than a bare close.
+                let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, io.shutdown()).await;
+                return;
             }
-        }
+            Err(e) => {
+                tracing::debug!(direction = self.direction.as_str(), client = %peer, error = %e, "connection ended with an error");
+                return;
+            }
+        };
         let service = HyperService::new(stack, meta, self.idle_timeout);
         let io = h1::Prefixed::new(read.freeze(), io);
         // After a request served as HTTP/1.1 the connection stays HTTP/1.1: the HTTP/2
