@@ -304,6 +304,11 @@ impl H1Pool {
     }
 
     fn push_idle(&self, authority: Authority, conn: Pooled) {
+        // Opened before a reload that happened while it was in use: closed now rather than
+        // holding an idle slot until a checkout or the sweeper finds it.
+        if conn.generation() != self.shared.connector.tls_generation() {
+            return;
+        }
         if let Ok(mut map) = self.shared.idle.lock() {
             let list = map.entry(authority).or_default();
             if list.len() < MAX_IDLE_PER_ADDRESS {
