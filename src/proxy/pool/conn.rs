@@ -1,16 +1,21 @@
-//! One pooled connection and the waker it is polled with.
+//! One pooled connection for hyper's HTTP/1 client, the waker it is polled with, and the
+//! exchange of a request with a body over it (bodiless ones take `raw`).
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use futures_util::task::AtomicWaker;
+use http::uri::Authority;
+use http::{Request, Response};
 use hyper::client::conn::http1;
 
 use crate::proxy::body::Body;
 use crate::proxy::connect::UpstreamIo;
+
+use super::{Failure, H1Pool, PoolBody, Pooled, PooledBody, SendError};
 
 /// One connection: the request handle and the connection future that does its I/O.
 pub(super) struct Conn {
@@ -174,5 +179,104 @@ impl Conn {
     /// Ready for a new request right now (open, and the previous exchange fully done)?
     fn ready_now(&mut self, cx: &mut Context<'_>) -> bool {
         self.drive(cx) && matches!(self.sender.poll_ready(cx), Poll::Ready(Ok(())))
+    }
+}
+
+impl H1Pool {
+    /// A request with a body: hyper's HTTP/1 client on a pooled connection of ours.
+    pub(super) async fn send_hyper(
+        &self,
+        mut req: Request<Body>,
+        authority: Authority,
+    ) -> Result<Response<PoolBody>, Failure> {
+        loop {
+            let (mut conn, reused) = match self.checkout(&authority).await {
+                Some(conn) => (conn, true),
+                None => match self.connect(&authority).await {
+                    Ok(conn) => (conn, false),
+                    Err(error) => {
+                        return Err(Failure {
+                            error,
+                            unsent: Some(req),
+                        })
+                    }
+                },
+            };
+            // Queueing the request signals the connection; it is polled right below, so the
+            // signal need not schedule a poll of its own.
+            conn.relay.mute();
+            let sent = conn.sender.try_send_request(req);
+            conn.relay.end();
+            let mut sent = std::pin::pin!(sent);
+            let result = poll_fn(|cx| {
+                conn.poll(cx, |conn, cx| {
+                    if let Poll::Ready(r) = sent.as_mut().poll(cx) {
+                        return Poll::Ready(r);
+                    }
+                    // The connection writes the request and reads the answer; if it closed
+                    // instead, the request future now resolves with the reason.
+                    conn.drive(cx);
+                    sent.as_mut().poll(cx)
+                })
+            })
+            .await;
+            match result {
+                Ok(resp) => {
+                    let pool = self.clone();
+                    return Ok(resp.map(|incoming| {
+                        PoolBody::Hyper(PooledBody {
+                            incoming,
+                            conn: Some(conn),
+                            pool,
+                            authority,
+                        })
+                    }));
+                }
+                Err(mut e) => match e.take_message() {
+                    // A reused connection closed before the request was written (the
+                    // upstream timed it out meanwhile): safe to send on a new one.
+                    Some(back) if reused => req = back,
+                    _ => {
+                        return Err(Failure {
+                            error: SendError::Http(e.into_error()),
+                            unsent: None,
+                        })
+                    }
+                },
+            }
+        }
+    }
+
+    /// An idle connection for hyper's client (a request with a body).
+    async fn checkout(&self, authority: &Authority) -> Option<Conn> {
+        loop {
+            match self.pop_idle(authority)? {
+                Pooled::Hyper(conn) => return Some(conn),
+                Pooled::Raw(raw) => {
+                    let generation = raw.generation;
+                    let Some(io) = raw.into_io() else { continue };
+                    // No I/O: an HTTP/1 handshake only sets up the connection's state.
+                    if let Ok((sender, driver)) = http1::Builder::new().handshake(io).await {
+                        return Some(Conn::new(sender, driver, generation));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connect(&self, authority: &Authority) -> Result<Conn, SendError> {
+        let (io, generation) = self.open(authority).await?;
+        let (sender, driver) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| SendError::Connect(e.into()))?;
+        Ok(Conn::new(sender, driver, generation))
+    }
+
+    pub(super) fn put(&self, authority: Authority, conn: Conn) {
+        if conn.closed || conn.sender.is_closed() {
+            return;
+        }
+        self.push_idle(authority, Pooled::Hyper(conn));
     }
 }

@@ -23,15 +23,13 @@ mod conn;
 mod h2;
 mod raw;
 
-use std::future::{poll_fn, Future};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
-use hyper::client::conn::http1;
 
 pub use self::body::{PoolBody, PooledBody};
 use self::conn::Conn;
@@ -183,70 +181,6 @@ impl H1Pool {
         Box::pin(self.send_hyper(req, authority)).await
     }
 
-    /// A request with a body: hyper's HTTP/1 client on a pooled connection of ours.
-    async fn send_hyper(
-        &self,
-        mut req: Request<Body>,
-        authority: Authority,
-    ) -> Result<Response<PoolBody>, Failure> {
-        loop {
-            let (mut conn, reused) = match self.checkout(&authority).await {
-                Some(conn) => (conn, true),
-                None => match self.connect(&authority).await {
-                    Ok(conn) => (conn, false),
-                    Err(error) => {
-                        return Err(Failure {
-                            error,
-                            unsent: Some(req),
-                        })
-                    }
-                },
-            };
-            // Queueing the request signals the connection; it is polled right below, so the
-            // signal need not schedule a poll of its own.
-            conn.relay.mute();
-            let sent = conn.sender.try_send_request(req);
-            conn.relay.end();
-            let mut sent = std::pin::pin!(sent);
-            let result = poll_fn(|cx| {
-                conn.poll(cx, |conn, cx| {
-                    if let Poll::Ready(r) = sent.as_mut().poll(cx) {
-                        return Poll::Ready(r);
-                    }
-                    // The connection writes the request and reads the answer; if it closed
-                    // instead, the request future now resolves with the reason.
-                    conn.drive(cx);
-                    sent.as_mut().poll(cx)
-                })
-            })
-            .await;
-            match result {
-                Ok(resp) => {
-                    let pool = self.clone();
-                    return Ok(resp.map(|incoming| {
-                        PoolBody::Hyper(PooledBody {
-                            incoming,
-                            conn: Some(conn),
-                            pool,
-                            authority,
-                        })
-                    }));
-                }
-                Err(mut e) => match e.take_message() {
-                    // A reused connection closed before the request was written (the
-                    // upstream timed it out meanwhile): safe to send on a new one.
-                    Some(back) if reused => req = back,
-                    _ => {
-                        return Err(Failure {
-                            error: SendError::Http(e.into_error()),
-                            unsent: None,
-                        })
-                    }
-                },
-            }
-        }
-    }
-
     /// The most recently used idle connection to `authority`, open and usable.
     fn pop_idle(&self, authority: &Authority) -> Option<Pooled> {
         loop {
@@ -268,23 +202,6 @@ impl H1Pool {
             // one (the upstream timed it out) is dropped.
             if idle.usable(&mut Context::from_waker(Waker::noop())) {
                 return Some(idle.conn);
-            }
-        }
-    }
-
-    /// An idle connection for hyper's client (a request with a body).
-    async fn checkout(&self, authority: &Authority) -> Option<Conn> {
-        loop {
-            match self.pop_idle(authority)? {
-                Pooled::Hyper(conn) => return Some(conn),
-                Pooled::Raw(raw) => {
-                    let generation = raw.generation;
-                    let Some(io) = raw.into_io() else { continue };
-                    // No I/O: an HTTP/1 handshake only sets up the connection's state.
-                    if let Ok((sender, driver)) = http1::Builder::new().handshake(io).await {
-                        return Some(Conn::new(sender, driver, generation));
-                    }
-                }
             }
         }
     }
@@ -338,22 +255,6 @@ impl H1Pool {
         // From the first connection on, idle ones need sweeping.
         self.start_sweeper();
         Ok((io, generation))
-    }
-
-    async fn connect(&self, authority: &Authority) -> Result<Conn, SendError> {
-        let (io, generation) = self.open(authority).await?;
-        let (sender, driver) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|e| SendError::Connect(e.into()))?;
-        Ok(Conn::new(sender, driver, generation))
-    }
-
-    fn put(&self, authority: Authority, conn: Conn) {
-        if conn.closed || conn.sender.is_closed() {
-            return;
-        }
-        self.push_idle(authority, Pooled::Hyper(conn));
     }
 
     /// Close idle connections past [`IDLE_TIMEOUT`] or closed by the upstream, every half
