@@ -122,11 +122,19 @@ impl Resolver {
             .strip_prefix('[')
             .and_then(|n| n.strip_suffix(']'))
             .unwrap_or(name);
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        if let Some(d) = self.peers.get(&name) {
+        let name = name.trim_end_matches('.');
+        // Host names arrive in lower case nearly always: no copy for them.
+        let lower;
+        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = name.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            name
+        };
+        if let Some(d) = self.peers.get(name) {
             return Ok(d.clone());
         }
-        let authority = format!("{}:{}", bracket(&name), self.peer_port)
+        let authority = format!("{}:{}", bracket(name), self.peer_port)
             .parse()
             .map_err(|e| -> BoxError {
                 ProxyError::new(ErrorKind::BadRequest)
@@ -135,7 +143,7 @@ impl Resolver {
                     .into()
             })?;
         Ok(Dest {
-            label: self.label(&name),
+            label: self.label(name),
             authority,
             port: self.peer_port,
             identity: None,

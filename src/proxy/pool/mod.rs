@@ -125,9 +125,42 @@ impl Idle {
     }
 }
 
+/// The pools' map key: an upstream address compared and hashed as its exact text.
+/// `Authority`'s own `Hash` feeds the hasher one lowercased byte at a time (its `Eq` ignores
+/// ASCII case): measured at ~1,100 instructions per request for the lookup, the removal and
+/// the re-insert of the outbound sidecar's idle list, 3% of its work. The pools' addresses come
+/// from configuration and request URIs as given; two spellings of one host that differ in
+/// case only keep separate idle lists, which costs reuse, never correctness.
+#[derive(Clone, Debug)]
+pub(super) struct AddrKey(pub(super) Authority);
+
+impl PartialEq for AddrKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Eq for AddrKey {}
+
+impl std::hash::Hash for AddrKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // The same bytes as `str`'s hash, so lookups can borrow a plain `&str`.
+        self.0.as_str().hash(state)
+    }
+}
+
+impl std::borrow::Borrow<str> for AddrKey {
+    fn borrow(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
 struct Shared {
     connector: Connector,
-    idle: Mutex<foldhash::HashMap<Authority, Vec<Idle>>>,
+    /// Idle connections by address. An address's list stays when it empties (the sweeper
+    /// removes empty lists): a request would otherwise remove it at checkout and insert it
+    /// again, with a fresh allocation, at check-in.
+    idle: Mutex<foldhash::HashMap<AddrKey, Vec<Idle>>>,
     sweeper_started: AtomicBool,
 }
 
@@ -186,12 +219,7 @@ impl H1Pool {
         loop {
             let mut idle = {
                 let mut map = self.shared.idle.lock().ok()?;
-                let list = map.get_mut(authority)?;
-                let idle = list.pop()?;
-                if list.is_empty() {
-                    map.remove(authority);
-                }
-                idle
+                map.get_mut(authority.as_str())?.pop()?
             };
             if idle.since.elapsed() >= IDLE_TIMEOUT
                 || idle.conn.generation() != self.shared.connector.tls_generation()
@@ -227,7 +255,7 @@ impl H1Pool {
             return;
         }
         if let Ok(mut map) = self.shared.idle.lock() {
-            let list = map.entry(authority).or_default();
+            let list = map.entry(AddrKey(authority)).or_default();
             if list.len() < MAX_IDLE_PER_ADDRESS {
                 list.push(Idle {
                     conn,

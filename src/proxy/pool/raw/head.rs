@@ -103,7 +103,8 @@ pub(super) fn parse_head(
         }
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // One spare slot: the stack answers with the request's `x-request-id`.
+    let mut headers = HeaderMap::with_capacity(spans.len() + 1);
     for &[n0, n1, v0, v1] in spans.iter() {
         let name = HeaderName::from_bytes(&head[n0..n1]).map_err(|e| protocol(e.to_string()))?;
         let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
