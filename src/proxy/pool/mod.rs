@@ -361,4 +361,23 @@ mod tests {
         origin_form(&mut u);
         assert_eq!(u, "/");
     }
+
+    #[test]
+    fn idle_lists_are_found_by_address_text_and_swept_once_empty() {
+        let pool = H1Pool::new(Connector::new(Duration::from_secs(1)));
+        let a: Authority = "127.0.0.1:8080".parse().expect("authority");
+        {
+            let mut map = pool.shared.idle.lock().expect("lock");
+            map.insert(AddrKey(a.clone()), Vec::new());
+            // Looked up by the text, with the same hash as the key's.
+            assert!(map.get_mut(a.as_str()).is_some());
+            assert!(map.get_mut("127.0.0.1:8081").is_none());
+        }
+        // Nothing idle: a checkout finds the (empty) list and returns nothing.
+        assert!(pool.pop_idle(&a).is_none());
+        assert_eq!(pool.shared.idle.lock().expect("lock").len(), 1);
+        // The sweeper drops lists that emptied, so addresses seen once do not pile up.
+        pool.shared.sweep();
+        assert!(pool.shared.idle.lock().expect("lock").is_empty());
+    }
 }
