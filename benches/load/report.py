@@ -35,6 +35,9 @@ def load(out, name):
     for key in ("p50", "p99", "p999", "rps", "cpu_per_1k", "rss_mib", "requests", "success"):
         merged[key] = statistics.median(r[key] for r in rounds)
     merged["rss_each_max_mib"] = max(r["rss_each_max_mib"] for r in rounds)
+    if all("user_per_1k" in r for r in rounds):
+        for key in ("user_per_1k", "kernel_per_1k"):
+            merged[key] = statistics.median(r[key] for r in rounds)
     big = [r for r in rounds if "big_mbps" in r]
     if big:
         # Throughput is a median like the rest; what the 32 MiB target and the byte count judge
@@ -71,6 +74,12 @@ def load_round(base):
         meta = json.load(f)
     cpu_s = meta["cpu_ns"] / 1e9 if "cpu_ns" in meta else meta["cpu_ticks"] / TICKS
     r["cpu_per_1k"] = cpu_s / max(r["requests"], 1) * 1000
+    # The user/kernel split of that time, as the kernel's 100 Hz samples apportion it (runs
+    # before the split was recorded have none).
+    if meta.get("cpu_ticks") and "cpu_user_ticks" in meta:
+        share = meta["cpu_user_ticks"] / meta["cpu_ticks"]
+        r["user_per_1k"] = r["cpu_per_1k"] * share
+        r["kernel_per_1k"] = r["cpu_per_1k"] * (1 - share)
     r["rss_mib"] = meta["peak_rss_kb"] / 1024
     big = meta.get("big", "").split()
     if len(big) == 3:
@@ -144,6 +153,28 @@ def svg_chart(results, path):
     out.append("</svg>")
     with open(path, "w") as f:
         f.write("\n".join(out) + "\n")
+
+
+def cpu_split(results):
+    """Mesh CPU per 1,000 requests, split into user space and kernel (medians over the rounds,
+    each part on its own: they need not add up to the total's median exactly)."""
+    rows = [(p, results[(p, "mesh")]) for p in PROXIES
+            if (p, "mesh") in results and "user_per_1k" in results[(p, "mesh")]]
+    if not rows:
+        return []
+    out = ["## Where the mesh hop's CPU goes", "",
+           "| proxy | CPU s / 1k req | user space | kernel | user share |", "|---|---:|---:|---:|---:|"]
+    for p, r in rows:
+        share = r["user_per_1k"] / max(r["user_per_1k"] + r["kernel_per_1k"], 1e-12)
+        out.append(f"| {LABEL[p]} | {r['cpu_per_1k']:.3f} | {r['user_per_1k']:.3f} | {r['kernel_per_1k']:.3f} | "
+                   f"{share:.0%} |")
+    return out + ["",
+                  "The split is the kernel's own (`utime` and `stime` of `/proc/<pid>/stat`, which add up to the",
+                  "exact on-CPU time and divide it by where the 100 Hz tick samples landed). A tick that is due",
+                  "while the kernel runs with interrupts off is taken when they come back on, often on the way",
+                  "back to user space: the user share leans high for every proxy alike. Kernel time is the",
+                  "system calls, the TCP/IP path of every loopback segment and the sleeps and wake-ups between",
+                  "them.", ""]
 
 
 def targets(results):
@@ -248,6 +279,7 @@ def main():
         for p, r in big:
             lines.append(f"| {LABEL[p]} | {r['big_mbps']:.0f} | {r['big_bytes']} | {r['big_status']} | {r['big_rss_mib']:.1f} |")
         lines.append("")
+    lines += cpu_split(results)
     lines += targets(results)
     # Hand-written notes (profiles, before/after of optimisations) live below the marker and
     # survive regeneration.
