@@ -74,7 +74,7 @@ def load_round(base):
         meta = json.load(f)
     cpu_s = meta["cpu_ns"] / 1e9 if "cpu_ns" in meta else meta["cpu_ticks"] / TICKS
     r["cpu_per_1k"] = cpu_s / max(r["requests"], 1) * 1000
-    # The user/kernel split of that time, as the kernel's 100 Hz samples apportion it (runs
+    # The user/kernel split of that time, as the kernel's tick samples apportion it (runs
     # before the split was recorded have none).
     if meta.get("cpu_ticks") and "cpu_user_ticks" in meta:
         share = meta["cpu_user_ticks"] / meta["cpu_ticks"]
@@ -170,7 +170,7 @@ def cpu_split(results):
                    f"{share:.0%} |")
     return out + ["",
                   "The split is the kernel's own (`utime` and `stime` of `/proc/<pid>/stat`, which add up to the",
-                  "exact on-CPU time and divide it by where the 100 Hz tick samples landed). A tick that is due",
+                  "exact on-CPU time and divide it by where the scheduler tick's samples landed). A tick that is due",
                   "while the kernel runs with interrupts off is taken when they come back on, often on the way",
                   "back to user space: the user share leans high for every proxy alike. Kernel time is the",
                   "system calls, the TCP/IP path of every loopback segment and the sleeps and wake-ups between",
