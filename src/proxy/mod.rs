@@ -11,6 +11,7 @@ pub mod headers;
 pub mod inbound;
 pub mod outbound;
 pub mod pool;
+pub mod raw_fields;
 pub mod server;
 pub mod stack;
 pub mod tunnel;

@@ -14,7 +14,7 @@ use tower::util::Oneshot;
 use tower::ServiceExt;
 
 use super::body::{self, Body};
-use super::{headers, ConnMeta, Direction};
+use super::{headers, raw_fields, ConnMeta, Direction};
 use crate::error::{self, BoxError, ErrorKind, ProxyError};
 use crate::layers::metrics::HttpMetrics;
 
@@ -42,7 +42,7 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Oneshot<S, Request<Body>>;
+    type Future = Materialize<Oneshot<S, Request<Body>>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let idle = self.idle_timeout;
@@ -54,7 +54,30 @@ where
             req.map(|b| body::boxed(body::IdleTimeout::new(b, idle)))
         };
         req.extensions_mut().insert(self.meta.clone());
-        self.stack.clone().oneshot(req)
+        Materialize {
+            inner: self.stack.clone().oneshot(req),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The stack's answer for hyper: raw upstream fields go back into the `HeaderMap`, the
+    /// only place hyper's encoders read (see `raw_fields`).
+    pub struct Materialize<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F> Future for Materialize<F>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Ok(mut resp) = std::task::ready!(self.project().inner.poll(cx));
+        raw_fields::materialize(&mut resp);
+        Poll::Ready(Ok(resp))
     }
 }
 

@@ -16,6 +16,7 @@ use http::{HeaderMap, StatusCode};
 use http_body::{Frame, SizeHint};
 
 use crate::proxy::headers::{length_digits, list_items};
+use crate::proxy::raw_fields::RawFields;
 
 /// Data frames at least this large are written from their own buffer instead of copied.
 const COPY_LIMIT: usize = 16 * 1024;
@@ -95,6 +96,22 @@ pub fn head(
     let mut wrote_date = false;
     let mut wrote_close = false;
     let mut trailers = Vec::new();
+    if let Some(raw) = parts.extensions.get::<RawFields>() {
+        // An upstream's fields as it sent them (hop-by-hop ones left out already); one the
+        // stack set in the map replaces the upstream's (`x-request-id`).
+        if let Some(n) = raw.length() {
+            if !no_length && (known != Some(0) || is_head) {
+                length = Some(n);
+                write_length(out, n);
+            }
+        }
+        wrote_date = raw.has_date();
+        for (name, value) in raw.iter() {
+            if !in_map(&parts.headers, name) {
+                raw_field(out, name, value);
+            }
+        }
+    }
     for (name, value) in parts.headers.iter() {
         let v = value.as_bytes();
         if *name == header::CONTENT_LENGTH {
@@ -193,6 +210,23 @@ fn field(out: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+fn raw_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Does `map` hold the (lowercase) `name`? The maps that come with raw fields hold what the
+/// stack added, one or two names: comparing bytes beats hashing the name.
+fn in_map(map: &HeaderMap, name: &[u8]) -> bool {
+    if map.keys_len() <= 4 {
+        map.keys().any(|k| k.as_str().as_bytes() == name)
+    } else {
+        std::str::from_utf8(name).is_ok_and(|n| map.contains_key(n))
+    }
 }
 
 fn has_token(v: &[u8], token: &[u8]) -> bool {

@@ -203,3 +203,56 @@ fn length_is_enforced() {
     );
     enc.finish(&mut out).expect("test value");
 }
+
+/// Raw upstream fields, as the pool's parser leaves them: `server: up`, `x-request-id:
+/// theirs`, `date: d`.
+fn with_raw(status: u16, length: Option<u64>, map: &[(&str, &str)]) -> Response<()> {
+    let mut r = resp(status, map);
+    let head = Bytes::from_static(b"server: up\r\nx-request-id: theirs\r\ndate: d\r\n");
+    let spans = vec![[0, 6, 8, 10], [12, 24, 26, 32], [34, 38, 40, 41]];
+    r.extensions_mut()
+        .insert(RawFields::new(head, spans, length, true));
+    r
+}
+
+#[test]
+fn raw_fields_are_written_and_the_map_replaces_them() {
+    let (parts, ()) = with_raw(200, Some(2), &[("x-request-id", "ours")]).into_parts();
+    let mut out = Vec::new();
+    let (f, k) = head(&mut out, &parts, SizeHint::with_exact(2), ALLOW).expect("encodes");
+    assert_eq!(
+        String::from_utf8(out).expect("ascii"),
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nserver: up\r\ndate: d\r\nx-request-id: ours\r\n\r\n",
+        "the upstream's date is kept (no second one), its x-request-id replaced"
+    );
+    assert_eq!((f, k), (Framing::Length(2), true));
+    // HEAD keeps the upstream's length; 204 and 304 carry none; a body known empty says 0.
+    let (t, f, _) = encode(
+        with_raw(200, Some(7), &[]),
+        SizeHint::with_exact(0),
+        true,
+        true,
+    );
+    assert_eq!(
+        t,
+        "HTTP/1.1 200 OK\ncontent-length: 7\nserver: up\nx-request-id: theirs\n"
+    );
+    assert_eq!(f, Framing::Empty);
+    let (t, _, _) = encode(
+        with_raw(204, Some(7), &[]),
+        SizeHint::with_exact(0),
+        false,
+        true,
+    );
+    assert_eq!(
+        t,
+        "HTTP/1.1 204 No Content\nserver: up\nx-request-id: theirs\n"
+    );
+    // Chunked upstream: no length among the raw fields, the body decides.
+    let (t, f, k) = encode(with_raw(200, None, &[]), SizeHint::new(), false, false);
+    assert_eq!(
+        t,
+        "HTTP/1.1 200 OK\nserver: up\nx-request-id: theirs\ntransfer-encoding: chunked\nconnection: close\n"
+    );
+    assert_eq!((f, k), (Framing::Chunked(Vec::new()), false));
+}

@@ -7,6 +7,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 
 use super::{protocol, RawError, MAX_HEADERS, MAX_HEAD_BYTES};
 use crate::proxy::headers;
+use crate::proxy::raw_fields::RawFields;
 
 /// How the response body is delimited.
 #[derive(Debug)]
@@ -28,7 +29,9 @@ pub(super) enum Chunk {
 pub(super) struct Head {
     pub(super) status: StatusCode,
     pub(super) version: Version,
+    /// Empty when the fields are in `raw`.
     pub(super) headers: HeaderMap,
+    pub(super) raw: Option<RawFields>,
     pub(super) framing: Framing,
     pub(super) keep_alive: bool,
 }
@@ -63,8 +66,8 @@ pub(super) fn parse_head(
         Version::HTTP_11
     };
     // First pass: the framing fields read from the bytes (no lookups in a map afterwards),
-    // and where each field is. The second pass builds the map from the head's bytes without
-    // copying them: values are slices of one shared buffer, as hyper's are.
+    // where each field is, and which fields the response does not pass on (hop-by-hop ones,
+    // `Content-Length`, which the encoder writes from the framing).
     let base = buf.as_ptr() as usize;
     let at = |s: &[u8]| {
         let start = s.as_ptr() as usize - base;
@@ -75,16 +78,30 @@ pub(super) fn parse_head(
     let mut chunked_last = None;
     let mut length: Option<u64> = None;
     let mut has_length = false;
-    for f in res.headers.iter() {
+    let mut has_date = false;
+    // Fields the raw path leaves out (bit i: field i; at most MAX_HEADERS of them).
+    let mut dropped = 0u128;
+    // A field only the map path handles (see `needs_map`): the head becomes a `HeaderMap`.
+    let mut map_only = false;
+    let mut upper = false;
+    for (i, f) in res.headers.iter().enumerate() {
         let name = f.name;
         let (n0, n1) = at(name.as_bytes());
         let (v0, v1) = at(f.value);
         spans.push([n0, n1, v0, v1]);
+        upper |= name.bytes().any(|b| b.is_ascii_uppercase());
         if name.eq_ignore_ascii_case("connection") {
-            if headers::list_items(f.value).any(|t| t.eq_ignore_ascii_case(b"close")) {
-                keep_alive = false;
+            dropped |= 1 << i;
+            for t in headers::list_items(f.value) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if !t.eq_ignore_ascii_case(b"keep-alive") {
+                    // It names a field to strip: the map path's `strip_hop_by_hop` does.
+                    map_only = true;
+                }
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            dropped |= 1 << i;
             // The last coding of the last field is what frames the body.
             chunked_last = Some(
                 headers::list_items(f.value)
@@ -92,6 +109,7 @@ pub(super) fn parse_head(
                     .is_some_and(|last| last.eq_ignore_ascii_case(b"chunked")),
             );
         } else if name.eq_ignore_ascii_case("content-length") {
+            dropped |= 1 << i;
             has_length = true;
             for part in headers::list_items(f.value) {
                 let n = content_length(part)?;
@@ -100,29 +118,28 @@ pub(super) fn parse_head(
                 }
                 length = Some(n);
             }
+        } else if name.eq_ignore_ascii_case("date") {
+            has_date = true;
+        } else if is_hop_by_hop(name) {
+            dropped |= 1 << i;
+        } else {
+            map_only |= needs_map(name);
         }
-    }
-    let head = buf.split_to(len).freeze();
-    // One spare slot: the stack answers with the request's `x-request-id`.
-    let mut headers = HeaderMap::with_capacity(spans.len() + 1);
-    for &[n0, n1, v0, v1] in spans.iter() {
-        let name = HeaderName::from_bytes(&head[n0..n1]).map_err(|e| protocol(e.to_string()))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
-            .map_err(|e| protocol(e.to_string()))?;
-        headers.append(name, value);
     }
 
     let no_body = head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
+    let mut drop_length = false;
     let framing = if no_body {
         Framing::Done
     } else if let Some(chunked) = chunked_last {
         // Transfer-Encoding overrides Content-Length, which is not forwarded; a connection
         // that carried both is not trusted for another exchange (RFC 9112 §6.3).
         if has_length {
-            headers.remove(http::header::CONTENT_LENGTH);
+            length = None;
+            drop_length = true;
             keep_alive = false;
         }
         if chunked {
@@ -141,13 +158,67 @@ pub(super) fn parse_head(
         keep_alive = false;
         Framing::Close
     };
+    let raw = !map_only && !status.is_informational();
+    if raw && upper {
+        // Names go out lowercase, as `HeaderName` writes them.
+        for &[n0, n1, _, _] in spans.iter() {
+            buf[n0..n1].make_ascii_lowercase();
+        }
+    }
+    let head = buf.split_to(len).freeze();
+    let (headers, raw) = if raw {
+        let kept = spans
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| dropped & (1 << i) == 0)
+            // MAX_HEAD_BYTES keeps every offset within u32.
+            .map(|(_, s)| s.map(|x| x as u32))
+            .collect();
+        let fields = RawFields::new(head, kept, length, has_date);
+        (HeaderMap::new(), Some(fields))
+    } else {
+        // One spare slot: the stack answers with the request's `x-request-id`.
+        let mut map = HeaderMap::with_capacity(spans.len() + 1);
+        for &[n0, n1, v0, v1] in spans.iter() {
+            let name =
+                HeaderName::from_bytes(&head[n0..n1]).map_err(|e| protocol(e.to_string()))?;
+            if drop_length && name == http::header::CONTENT_LENGTH {
+                continue;
+            }
+            let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
+                .map_err(|e| protocol(e.to_string()))?;
+            map.append(name, value);
+        }
+        (map, None)
+    };
     Ok(Some(Head {
         status,
         version,
         headers,
+        raw,
         framing,
         keep_alive,
     }))
+}
+
+/// The fixed hop-by-hop names a response drops besides `Connection`, `Transfer-Encoding` and
+/// `Content-Length` (handled above): as `headers::strip_hop_by_hop` with no upgrade.
+fn is_hop_by_hop(name: &str) -> bool {
+    [
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "upgrade",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// Fields with rules only the map path applies: `TE` (kept as `TE: trailers` or dropped by
+/// `strip_hop_by_hop`) and `Trailer` (it decides which trailers the encoder sends).
+fn needs_map(name: &str) -> bool {
+    name.eq_ignore_ascii_case("te") || name.eq_ignore_ascii_case("trailer")
 }
 
 fn content_length(part: &[u8]) -> Result<u64, RawError> {
@@ -237,5 +308,86 @@ mod tests {
         assert!(head("HTTP/1.1 200 OK\r\nbad header\r\n\r\n", false).is_err());
         let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: 1\r\n")).collect();
         assert!(head(&format!("HTTP/1.1 200 OK\r\n{many}\r\n"), false).is_err());
+    }
+
+    fn raw_of(h: &Head) -> Vec<(String, String)> {
+        let raw = h.raw.as_ref().expect("raw fields");
+        raw.iter()
+            .map(|(n, v)| {
+                (
+                    String::from_utf8(n.to_vec()).expect("ascii"),
+                    String::from_utf8(v.to_vec()).expect("ascii"),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn end_to_end_fields_stay_bytes_without_hop_by_hop_ones() {
+        let h = head(
+            "HTTP/1.1 200 OK\r\nServer: up\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\
+             Keep-Alive: timeout=5\r\nDate: Sun, 29 Nov 2026 00:00:00 GMT\r\nX-Request-Id:  theirs \r\n\
+             Proxy-Connection: x\r\nUpgrade: h2c\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\n\r\n",
+            false,
+        )
+        .expect("valid")
+        .expect("complete");
+        assert!(h.headers.is_empty(), "no map is built");
+        let raw = h.raw.as_ref().expect("raw fields");
+        assert_eq!(raw.length(), Some(2));
+        assert!(raw.has_date());
+        let fields = raw_of(&h);
+        let want = [
+            ("server", "up"),
+            ("date", "Sun, 29 Nov 2026 00:00:00 GMT"),
+            ("x-request-id", "theirs"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+        ];
+        assert_eq!(
+            fields,
+            want.map(|(n, v)| (n.to_string(), v.to_string())),
+            "lowercase names, trimmed values, in order, hop-by-hop fields left out"
+        );
+        assert!(matches!(h.framing, Framing::Length(2)) && h.keep_alive);
+
+        let h = head(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\nX: 1\r\n\r\n",
+            false,
+        )
+        .expect("valid")
+        .expect("complete");
+        assert_eq!(h.raw.as_ref().and_then(|r| r.length()), None, "TE wins");
+        assert_eq!(raw_of(&h), [("x".to_string(), "1".to_string())]);
+        let h = head("HTTP/1.1 204 No Content\r\nDate: x\r\n\r\n", false)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(h.raw.as_ref().map(|r| r.length()), Some(None));
+    }
+
+    #[test]
+    fn fields_with_map_only_rules_build_the_map() {
+        for (extra, gone, kept) in [
+            (
+                "Connection: close, X-Secret\r\nX-Secret: 1\r\n",
+                "x-secret",
+                None,
+            ),
+            ("Trailer: grpc-status\r\n", "", Some("trailer")),
+            ("TE: trailers\r\n", "", Some("te")),
+        ] {
+            let text = format!("HTTP/1.1 200 OK\r\nServer: up\r\n{extra}content-length: 2\r\n\r\n");
+            let h = head(&text, false).expect("valid").expect("complete");
+            assert!(h.raw.is_none(), "{extra:?}: map path");
+            assert_eq!(h.headers["server"], "up");
+            assert_eq!(h.headers["content-length"], "2");
+            if let Some(kept) = kept {
+                assert!(h.headers.contains_key(kept), "{extra:?}");
+            }
+            // The map still holds every field: `strip_hop_by_hop` removes the named one.
+            if !gone.is_empty() {
+                assert!(h.headers.contains_key(gone));
+            }
+        }
     }
 }

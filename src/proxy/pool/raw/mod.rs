@@ -203,6 +203,9 @@ impl H1Pool {
             *resp.status_mut() = head.status;
             *resp.version_mut() = head.version;
             *resp.headers_mut() = head.headers;
+            if let Some(raw) = head.raw {
+                resp.extensions_mut().insert(raw);
+            }
             resp.body_mut().release_if_done();
             return Ok(resp);
         }
