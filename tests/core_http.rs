@@ -131,6 +131,114 @@ async fn hop_by_hop_response_headers_are_stripped() {
     task.abort();
 }
 
+/// A bodiless request's answer comes back from the pool as bytes (`raw_fields`) and leaves
+/// through our HTTP/1.1 encoder or, for HTTP/2, through hyper: either way every end-to-end
+/// field arrives once, repeated ones in order, the stack's `x-request-id` instead of the
+/// upstream's, the upstream's `Date` and no second one, and none of the hop-by-hop fields.
+#[tokio::test]
+async fn bodiless_answers_keep_every_end_to_end_field_once() {
+    const DATE: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                // One read is one request here: small bodiless heads, one at a time.
+                while let Ok(n @ 1..) = tcp.read(&mut buf).await {
+                    let head = if buf[..n].starts_with(b"HEAD ") {
+                        ""
+                    } else {
+                        "ok"
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+                         Set-Cookie: a=1\r\nX-Request-Id: upstream-id\r\nProxy-Connection: keep-alive\r\n\
+                         Upgrade: h2c\r\nSet-Cookie: b=2\r\nSERVER:   up  \r\nDate: {DATE}\r\n\
+                         Content-Length: 2\r\n\r\n{head}"
+                    );
+                    if tcp.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let proxy = start(config(addr)).await;
+    let inbound = proxy.inbound.expect("inbound");
+
+    // Our own HTTP/1.1 encoder, read off the wire.
+    for method in ["GET", "HEAD"] {
+        let req = format!(
+            "{method} / HTTP/1.1\r\nHost: app\r\nx-request-id: client-id\r\nConnection: close\r\n\r\n"
+        );
+        let wire = exchange(inbound, req.as_bytes()).await;
+        let (head, body) = wire.split_once("\r\n\r\n").expect("a full head");
+        let mut lines: Vec<&str> = head.lines().skip(1).collect();
+        lines.sort_unstable();
+        assert_eq!(
+            lines,
+            [
+                "connection: close",
+                "content-length: 2",
+                &format!("date: {DATE}"),
+                "server: up",
+                "set-cookie: a=1",
+                "set-cookie: b=2",
+                "x-request-id: client-id",
+            ],
+            "{method}: {head}"
+        );
+        let cookies: Vec<&str> = head
+            .lines()
+            .filter(|l| l.starts_with("set-cookie"))
+            .collect();
+        assert_eq!(cookies, ["set-cookie: a=1", "set-cookie: b=2"], "in order");
+        assert_eq!(body, if method == "GET" { "ok" } else { "" }, "{method}");
+    }
+
+    // hyper's encoders (HTTP/2, and HTTP/1.1 through a keep-alive client for comparison).
+    for (client, name) in [(h2_client(), "h2"), (h1_client(), "h1")] {
+        let r = send(
+            &client,
+            Request::get(proxy.inbound_url("/"))
+                .header("x-request-id", "client-id")
+                .body(Full::new(Bytes::new()))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+        assert_eq!(r.status, 200, "{name}");
+        assert_eq!(r.body, "ok", "{name}");
+        let all = |n: &str| -> Vec<String> {
+            r.headers
+                .get_all(n)
+                .iter()
+                .map(|v| v.to_str().expect("ascii").to_string())
+                .collect()
+        };
+        assert_eq!(all("set-cookie"), ["a=1", "b=2"], "{name}");
+        assert_eq!(all("x-request-id"), ["client-id"], "{name}");
+        assert_eq!(all("date"), [DATE], "{name}");
+        assert_eq!(all("server"), ["up"], "{name}");
+        for gone in ["keep-alive", "proxy-connection", "upgrade"] {
+            assert!(
+                r.header(gone).is_none(),
+                "{name}: {gone} reached the client"
+            );
+        }
+        if name == "h2" {
+            assert!(r.header("connection").is_none());
+            assert_eq!(r.headers.len(), 6, "{name}: {:?}", r.headers);
+        }
+    }
+    assert!(proxy.shutdown().await);
+    task.abort();
+}
+
 #[tokio::test]
 async fn http_1_0_client_is_served() {
     let up = Upstream::start().await;

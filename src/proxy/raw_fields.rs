@@ -37,6 +37,9 @@ impl RawFields {
         length: Option<u64>,
         has_date: bool,
     ) -> Self {
+        debug_assert!(spans
+            .iter()
+            .all(|&[n0, n1, v0, v1]| n0 < n1 && n1 <= v0 && v0 <= v1 && v1 as usize <= head.len()));
         Self {
             head,
             spans,

@@ -82,6 +82,9 @@ where
 }
 
 /// Keeps or generates `x-request-id` and returns it on every response, the proxy's own too.
+/// The response's field is `insert`ed: it replaces the upstream's, in the map and among raw
+/// upstream fields alike (`raw_fields`: a name in the map hides the upstream's of that name, so
+/// a layer that wants to add to an upstream field must take the fields into the map first).
 #[derive(Clone, Copy, Default)]
 pub struct RequestIdLayer;
 

@@ -80,6 +80,7 @@ pub(super) fn parse_head(
     let mut has_length = false;
     let mut has_date = false;
     // Fields the raw path leaves out (bit i: field i; at most MAX_HEADERS of them).
+    const _: () = assert!(MAX_HEADERS <= 128, "one bit per field in `dropped`");
     let mut dropped = 0u128;
     // A field only the map path handles (see `needs_map`): the head becomes a `HeaderMap`.
     let mut map_only = false;
@@ -171,7 +172,7 @@ pub(super) fn parse_head(
             .iter()
             .enumerate()
             .filter(|&(i, _)| dropped & (1 << i) == 0)
-            // MAX_HEAD_BYTES keeps every offset within u32.
+            // Offsets into one read buffer (a few hundred KiB at most): within u32.
             .map(|(_, s)| s.map(|x| x as u32))
             .collect();
         let fields = RawFields::new(head, kept, length, has_date);
