@@ -94,22 +94,10 @@ async fn h2_cookies_are_joined_for_the_http1_app() {
 #[tokio::test]
 async fn hop_by_hop_response_headers_are_stripped() {
     // A raw upstream that answers every request with hop-by-hop headers of its own.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut buf = [0u8; 4096];
-                let _ = tcp.read(&mut buf).await;
-                let _ = tcp
-                    .write_all(b"HTTP/1.1 200 OK\r\nConnection: x-private\r\nx-private: 1\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nx-app: kept\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-            });
-        }
-    });
+    let (addr, task) = canned_upstream(|_| {
+        "HTTP/1.1 200 OK\r\nConnection: x-private\r\nx-private: 1\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nx-app: kept\r\ncontent-length: 2\r\n\r\nok".to_string()
+    })
+    .await;
     let proxy = start(config(addr)).await;
     for client in [h1_client(), h2_client()] {
         let r = send(
@@ -138,35 +126,16 @@ async fn hop_by_hop_response_headers_are_stripped() {
 #[tokio::test]
 async fn bodiless_answers_keep_every_end_to_end_field_once() {
     const DATE: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut buf = [0u8; 4096];
-                // One read is one request here: small bodiless heads, one at a time.
-                while let Ok(n @ 1..) = tcp.read(&mut buf).await {
-                    let head = if buf[..n].starts_with(b"HEAD ") {
-                        ""
-                    } else {
-                        "ok"
-                    };
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
-                         Set-Cookie: a=1\r\nX-Request-Id: upstream-id\r\nProxy-Connection: keep-alive\r\n\
-                         Upgrade: h2c\r\nSet-Cookie: b=2\r\nSERVER:   up  \r\nDate: {DATE}\r\n\
-                         Content-Length: 2\r\n\r\n{head}"
-                    );
-                    if tcp.write_all(answer.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let (addr, task) = canned_upstream(|req| {
+        let body = if req.starts_with(b"HEAD ") { "" } else { "ok" };
+        format!(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+             Set-Cookie: a=1\r\nX-Request-Id: upstream-id\r\nProxy-Connection: keep-alive\r\n\
+             Upgrade: h2c\r\nSet-Cookie: b=2\r\nSERVER:   up  \r\nDate: {DATE}\r\n\
+             Content-Length: 2\r\n\r\n{body}"
+        )
+    })
+    .await;
     let proxy = start(config(addr)).await;
     let inbound = proxy.inbound.expect("inbound");
 
@@ -419,6 +388,29 @@ async fn hop_by_hop_stripped_and_forwarding_headers_set() {
 }
 
 /// An address nothing listens on (bound, then released).
+/// An upstream on loopback that answers each read with `answer(what was read)`: one read is
+/// one request here (small bodiless heads, one at a time per connection).
+async fn canned_upstream(answer: fn(&[u8]) -> String) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = tcp.read(&mut buf).await {
+                    if tcp.write_all(answer(&buf[..n]).as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
 async fn free_port_addr() -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
