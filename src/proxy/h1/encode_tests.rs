@@ -255,4 +255,34 @@ fn raw_fields_are_written_and_the_map_replaces_them() {
         "HTTP/1.1 200 OK\nserver: up\nx-request-id: theirs\ntransfer-encoding: chunked\nconnection: close\n"
     );
     assert_eq!((f, k), (Framing::Chunked(Vec::new()), false));
+    // An empty body says `content-length: 0` once, whatever the upstream's field said.
+    let (t, f, _) = encode(
+        with_raw(200, Some(0), &[]),
+        SizeHint::with_exact(0),
+        false,
+        true,
+    );
+    assert_eq!(
+        t,
+        "HTTP/1.1 200 OK\nserver: up\nx-request-id: theirs\ncontent-length: 0\n"
+    );
+    assert_eq!(f, Framing::Empty);
+    // A larger map is searched by hashing: its names still hide the upstream's.
+    let map = [
+        ("a", "1"),
+        ("b", "2"),
+        ("c", "3"),
+        ("d", "4"),
+        ("server", "ours"),
+    ];
+    let (t, _, _) = encode(
+        with_raw(200, Some(2), &map),
+        SizeHint::with_exact(2),
+        false,
+        true,
+    );
+    assert_eq!(
+        t,
+        "HTTP/1.1 200 OK\ncontent-length: 2\nx-request-id: theirs\na: 1\nb: 2\nc: 3\nd: 4\nserver: ours\n"
+    );
 }
