@@ -88,6 +88,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// A hop-by-hop name in any case (a field name as received, a `Connection` token): its entry
+/// in `HOP_BY_HOP`.
+pub(crate) fn hop_by_hop(name: &str) -> Option<&'static HeaderName> {
+    HOP_BY_HOP
+        .iter()
+        .find(|h| name.eq_ignore_ascii_case(h.as_str()))
+}
+
 /// The position of a (lowercase) name in `HOP_BY_HOP`: a match on the string is a length
 /// switch and one compare, where comparing `HeaderName`s costs one compare per entry.
 fn hop_index(name: &str) -> Option<usize> {
@@ -109,11 +117,8 @@ fn strip_present(headers: &mut HeaderMap, present: u16, keep_upgrade: bool) {
     let mut named: Vec<HeaderName> = Vec::new();
     if present & CONNECTION_BIT != 0 {
         for t in headers.get_all(header::CONNECTION).iter().flat_map(tokens) {
-            match HOP_BY_HOP
-                .iter()
-                .position(|h| t.eq_ignore_ascii_case(h.as_str()))
-            {
-                Some(TE_INDEX) => te_named = true,
+            match hop_by_hop(t) {
+                Some(h) if *h == header::TE => te_named = true,
                 // Removed below anyway; `Upgrade` as `keep_upgrade` says.
                 Some(_) => {}
                 // Only a name that is there costs a `HeaderName` (`close` never is).

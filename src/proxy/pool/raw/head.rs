@@ -3,7 +3,7 @@
 use std::mem::MaybeUninit;
 
 use bytes::BytesMut;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
+use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 
 use super::{protocol, RawError, MAX_HEADERS, MAX_HEAD_BYTES};
 use crate::proxy::headers;
@@ -82,7 +82,7 @@ pub(super) fn parse_head(
     // Fields the raw path leaves out (bit i: field i; at most MAX_HEADERS of them).
     const _: () = assert!(MAX_HEADERS <= 128, "one bit per field in `dropped`");
     let mut dropped = 0u128;
-    // A field only the map path handles (see `needs_map`): the head becomes a `HeaderMap`.
+    // A field only the map path handles: the head becomes a `HeaderMap`.
     let mut map_only = false;
     let mut upper = false;
     for (i, f) in res.headers.iter().enumerate() {
@@ -91,25 +91,7 @@ pub(super) fn parse_head(
         let (v0, v1) = at(f.value);
         spans.push([n0, n1, v0, v1]);
         upper |= name.bytes().any(|b| b.is_ascii_uppercase());
-        if name.eq_ignore_ascii_case("connection") {
-            dropped |= 1 << i;
-            for t in headers::list_items(f.value) {
-                if t.eq_ignore_ascii_case(b"close") {
-                    keep_alive = false;
-                } else if !t.eq_ignore_ascii_case(b"keep-alive") {
-                    // It names a field to strip: the map path's `strip_hop_by_hop` does.
-                    map_only = true;
-                }
-            }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            dropped |= 1 << i;
-            // The last coding of the last field is what frames the body.
-            chunked_last = Some(
-                headers::list_items(f.value)
-                    .next_back()
-                    .is_some_and(|last| last.eq_ignore_ascii_case(b"chunked")),
-            );
-        } else if name.eq_ignore_ascii_case("content-length") {
+        if name.eq_ignore_ascii_case("content-length") {
             dropped |= 1 << i;
             has_length = true;
             for part in headers::list_items(f.value) {
@@ -121,10 +103,31 @@ pub(super) fn parse_head(
             }
         } else if name.eq_ignore_ascii_case("date") {
             has_date = true;
-        } else if is_hop_by_hop(name) {
+        } else if name.eq_ignore_ascii_case("trailer") {
+            // It decides which trailers the encoder sends: a rule of the map path.
+            map_only = true;
+        } else if let Some(hop) = headers::hop_by_hop(name) {
             dropped |= 1 << i;
-        } else {
-            map_only |= needs_map(name);
+            if *hop == header::CONNECTION {
+                for t in headers::list_items(f.value) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        keep_alive = false;
+                    } else if !t.eq_ignore_ascii_case(b"keep-alive") {
+                        // It names a field to strip: the map path's `strip_hop_by_hop` does.
+                        map_only = true;
+                    }
+                }
+            } else if *hop == header::TRANSFER_ENCODING {
+                // The last coding of the last field is what frames the body.
+                chunked_last = Some(
+                    headers::list_items(f.value)
+                        .next_back()
+                        .is_some_and(|last| last.eq_ignore_ascii_case(b"chunked")),
+                );
+            } else if *hop == header::TE {
+                // Kept as `TE: trailers` or dropped: `strip_hop_by_hop`'s rule.
+                map_only = true;
+            }
         }
     }
 
@@ -183,7 +186,7 @@ pub(super) fn parse_head(
         for &[n0, n1, v0, v1] in spans.iter() {
             let name =
                 HeaderName::from_bytes(&head[n0..n1]).map_err(|e| protocol(e.to_string()))?;
-            if drop_length && name == http::header::CONTENT_LENGTH {
+            if drop_length && name == header::CONTENT_LENGTH {
                 continue;
             }
             let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
@@ -200,26 +203,6 @@ pub(super) fn parse_head(
         framing,
         keep_alive,
     }))
-}
-
-/// The fixed hop-by-hop names a response drops besides `Connection`, `Transfer-Encoding` and
-/// `Content-Length` (handled above): as `headers::strip_hop_by_hop` with no upgrade.
-fn is_hop_by_hop(name: &str) -> bool {
-    [
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "upgrade",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
-}
-
-/// Fields with rules only the map path applies: `TE` (kept as `TE: trailers` or dropped by
-/// `strip_hop_by_hop`) and `Trailer` (it decides which trailers the encoder sends).
-fn needs_map(name: &str) -> bool {
-    name.eq_ignore_ascii_case("te") || name.eq_ignore_ascii_case("trailer")
 }
 
 fn content_length(part: &[u8]) -> Result<u64, RawError> {
