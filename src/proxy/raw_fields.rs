@@ -72,11 +72,9 @@ impl RawFields {
     /// upstream's values of that name).
     fn into_map(self, map: HeaderMap) -> HeaderMap {
         let mut out = HeaderMap::with_capacity(self.spans.len() + map.len() + 1);
-        for &[n0, n1, v0, v1] in &self.spans {
-            let name = HeaderName::from_bytes(&self.head[n0 as usize..n1 as usize]);
-            let value = HeaderValue::from_maybe_shared(self.head.slice(v0 as usize..v1 as usize));
+        for span in &self.spans {
             // Checked by httparse already; a field `http` still refused could not be sent.
-            if let (Ok(name), Ok(value)) = (name, value) {
+            if let Ok((name, value)) = field_at(&self.head, span.map(|x| x as usize)) {
                 out.append(name, value);
             }
         }
@@ -88,6 +86,17 @@ impl RawFields {
         }
         out
     }
+}
+
+/// The field at `[name start, name end, value start, value end]` of `head`, the value sharing
+/// `head`'s buffer (as hyper's parsed values do).
+pub(crate) fn field_at(
+    head: &Bytes,
+    [n0, n1, v0, v1]: [usize; 4],
+) -> Result<(HeaderName, HeaderValue), http::Error> {
+    let name = HeaderName::from_bytes(&head[n0..n1])?;
+    let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))?;
+    Ok((name, value))
 }
 
 /// Moves a response's raw upstream fields, if it has any, into its `HeaderMap`: for code that

@@ -108,7 +108,7 @@ pub fn head(
         wrote_date = raw.has_date();
         for (name, value) in raw.iter() {
             if !in_map(&parts.headers, name) {
-                raw_field(out, name, value);
+                field(out, name, value);
             }
         }
     }
@@ -138,7 +138,7 @@ pub fn head(
                 return Err(());
             }
             chunked = true;
-            field(out, name, v);
+            field(out, name.as_str().as_bytes(), v);
             let last = v.rsplit(|b| *b == b',').next().unwrap_or_default();
             if !last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
                 // `chunked` must be the last coding, or the body has no end.
@@ -159,12 +159,12 @@ pub fn head(
             }
             if !trailers_ok {
                 // Announced, but this client did not ask for trailers: none are sent.
-                field(out, name, v);
+                field(out, name.as_str().as_bytes(), v);
                 continue;
             }
             trailers.extend(list_items(v).filter_map(|n| HeaderName::from_bytes(n).ok()));
         }
-        field(out, name, v);
+        field(out, name.as_str().as_bytes(), v);
     }
     if length.is_none() && !chunked && !no_length {
         match known {
@@ -205,14 +205,8 @@ fn write_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn field(out: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
-    out.extend_from_slice(name.as_str().as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-fn raw_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// One `name: value` line; `name` lowercase, as `HeaderName` and raw fields hold it.
+fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -319,7 +313,7 @@ impl BodyEncoder {
                 out.extend_from_slice(b"0\r\n");
                 if let Some(t) = &self.trailers {
                     for (name, value) in t.iter().filter(|(n, _)| allowed.contains(n)) {
-                        field(out, name, value.as_bytes());
+                        field(out, name.as_str().as_bytes(), value.as_bytes());
                     }
                 }
                 out.extend_from_slice(b"\r\n");

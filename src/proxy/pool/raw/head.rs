@@ -3,11 +3,11 @@
 use std::mem::MaybeUninit;
 
 use bytes::BytesMut;
-use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
+use http::{header, HeaderMap, StatusCode, Version};
 
 use super::{protocol, RawError, MAX_HEADERS, MAX_HEAD_BYTES};
 use crate::proxy::headers;
-use crate::proxy::raw_fields::RawFields;
+use crate::proxy::raw_fields::{field_at, RawFields};
 
 /// How the response body is delimited.
 #[derive(Debug)]
@@ -183,15 +183,11 @@ pub(super) fn parse_head(
     } else {
         // One spare slot: the stack answers with the request's `x-request-id`.
         let mut map = HeaderMap::with_capacity(spans.len() + 1);
-        for &[n0, n1, v0, v1] in spans.iter() {
-            let name =
-                HeaderName::from_bytes(&head[n0..n1]).map_err(|e| protocol(e.to_string()))?;
-            if drop_length && name == header::CONTENT_LENGTH {
-                continue;
+        for &span in spans.iter() {
+            let (name, value) = field_at(&head, span).map_err(|e| protocol(e.to_string()))?;
+            if !(drop_length && name == header::CONTENT_LENGTH) {
+                map.append(name, value);
             }
-            let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
-                .map_err(|e| protocol(e.to_string()))?;
-            map.append(name, value);
         }
         (map, None)
     };
