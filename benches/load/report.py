@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Turn one `benches/load/compare` run into docs/BENCHMARKS.md (tables) and an SVG latency chart.
 
-Reads, per proxy, topology and round: <name>.r<N>.oha.json (fixed-rate latency,
-coordinated-omission corrected), <name>.r<N>.wrk.txt (closed-loop throughput) and
+Reads, per proxy, topology and round: <name>.r<N>.s<K>.csv (oha's every request of slice K of
+the fixed-rate run, coordinated-omission corrected; older runs: one <name>.r<N>.oha.json),
+<name>.r<N>.wrk.txt (closed-loop throughput) and
 <name>.r<N>.meta.json (CPU time during the fixed-rate run, peak RSS, the 1 GiB streaming
 result). Every number reported is the median over the rounds, except that the 1 GiB check
 reports the largest peak RSS and the worst transfer (fewest bytes) of any round.
@@ -27,7 +28,9 @@ SHORT = dict(LABEL, tracseqstd="tracseq, no PGO")
 def load(out, name):
     """The median over the rounds of `name` (a single-round run of an older layout works too)."""
     bases = sorted(glob.glob(os.path.join(out, name + ".r*.meta.json")))
-    bases = [b[:-len(".meta.json")] for b in bases] or [os.path.join(out, name)]
+    bases = [b[:-len(".meta.json")] for b in bases]
+    if not bases and os.path.exists(os.path.join(out, name + ".meta.json")):
+        bases = [os.path.join(out, name)]
     rounds = [r for r in (load_round(b) for b in bases) if r]
     if not rounds:
         return None
@@ -50,19 +53,57 @@ def load(out, name):
     return merged
 
 
+def percentile(sorted_values, q):
+    """Nearest-rank percentile (q in 0..1) of an ascending list."""
+    if not sorted_values:
+        return 0.0
+    rank = max(int(-(-q * len(sorted_values) // 1)), 1)  # ceil(q * n), at least 1
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def load_slices(paths):
+    """Latency of one round from oha's per-request csv, merged over the round's slices.
+
+    A request whose `DNS+dialup` is non-zero opened one of the client's connections (16 per
+    slice): its time is the TCP handshake with the proxy, not the keep-alive path this column
+    measures, so it is left out of the percentiles; it still counts as a request (its CPU was
+    spent)."""
+    import csv
+    kept, total, ok = [], 0, 0
+    for path in paths:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                total += 1
+                if row.get("status", "").startswith("2"):
+                    ok += 1
+                if float(row["DNS+dialup"]) == 0:
+                    kept.append(float(row["request-duration"]) * 1e6)
+    if not total:
+        raise ValueError("no requests in " + ", ".join(paths))
+    kept.sort()
+    return {"p50": percentile(kept, 0.50), "p99": percentile(kept, 0.99), "p999": percentile(kept, 0.999),
+            "requests": total, "success": ok / total}
+
+
 def load_round(base):
     r = {}
+    slices = sorted(glob.glob(base + ".s*.csv"))
     try:
-        with open(base + ".oha.json") as f:
-            oha = json.load(f)
-        pct = oha.get("latencyPercentiles", {})
-        r["p50"] = pct.get("p50", 0) * 1e6
-        r["p99"] = pct.get("p99", 0) * 1e6
-        r["p999"] = pct.get("p99.9", 0) * 1e6
-        summ = oha.get("summary", {})
-        r["requests"] = sum(oha.get("statusCodeDistribution", {}).values())
-        r["success"] = summ.get("successRate", 0)
-    except (OSError, ValueError):
+        if slices:
+            r.update(load_slices(slices))
+        else:
+            # Runs before the slices: one oha json per round.
+            with open(base + ".oha.json") as f:
+                oha = json.load(f)
+            pct = oha.get("latencyPercentiles", {})
+            r["p50"] = pct.get("p50", 0) * 1e6
+            r["p99"] = pct.get("p99", 0) * 1e6
+            r["p999"] = pct.get("p99.9", 0) * 1e6
+            summ = oha.get("summary", {})
+            r["requests"] = sum(oha.get("statusCodeDistribution", {}).values())
+            r["success"] = summ.get("successRate", 0)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"report: round {base} left out: {e}", file=sys.stderr)
         return None
     try:
         with open(base + ".wrk.txt") as f:
@@ -196,6 +237,9 @@ def targets(results):
                f"{h['cpu_per_1k']:.3f} | {ok(t['cpu_per_1k'] <= 0.8 * best)} ({t['cpu_per_1k'] / best:.2f}×) |")
     cpu_note = ("Mesh CPU of tracseq-proxy ÷ the better of nginx and HAProxy, round by round: "
                 + ", ".join(f"{x:.2f}×" for x in per_round) + ".")
+    cpu_note += (" Mesh added p99 µs round by round, tracseq-proxy / nginx / HAProxy: "
+                 + ", ".join(f"{tr['p99'] - dr['p99']:.0f} / {nr['p99'] - dr['p99']:.0f} / {hr['p99'] - dr['p99']:.0f}"
+                             for tr, nr, hr, dr in zip(t["rounds"], n["rounds"], h["rounds"], d["rounds"])) + ".")
     s = results.get(("tracseqstd", "mesh"))
     if s:
         added = [s[k] - d[k] for k in ("p50", "p99")]
@@ -220,6 +264,7 @@ def main():
     ap.add_argument("--rate", default="1000")
     ap.add_argument("--conns", default="16")
     ap.add_argument("--rounds", default="1")
+    ap.add_argument("--slices", default="1")
     ap.add_argument("--build", default="cargo build --release")
     ap.add_argument("--std-build", default="the plain `cargo build --release` of the same commit")
     a = ap.parse_args()
@@ -239,14 +284,18 @@ def main():
         "Produced by `benches/load/compare` (run by hand; numbers below are from one run, so every",
         "comparison is within the same run on the same machine). Regenerate with",
         "`benches/load/compare` — it rewrites this file and `docs/benchmarks-latency.svg`.",
-        f"Each number is the median of {a.rounds} round(s); every round starts fresh proxy processes",
-        "and measures all proxies one after the other, in an order that turns by one place each round.",
+        f"Each number is the median of {a.rounds} round(s); every round starts fresh proxy processes.",
+        "Within a round all proxies run side by side (the ones not under load sleep) and the fixed-rate",
+        f"run of each is cut into {a.slices} slice(s) taken in turn, A, B, C, D, A, B, ..., so a noisy",
+        "stretch of the shared host falls on every proxy alike; the order turns by one place every",
+        "slice and every round. Closed-loop runs and the 1 GiB check follow, one proxy at a time.",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}; {m['nginx']}; {m['haproxy']}.",
         f"Each proxy process is pinned to CPU 1 with one worker (`--workers 1`, `worker_processes 1`,",
         f"`nbthread 1`); the upstream (nginx `return 200`) and the load generators are pinned to CPU 0.",
-        f"Latency: `oha -q {a.rate} -c {a.conns} --latency-correction` for {a.duration}s (keep-alive,",
-        f"coordinated-omission corrected). Throughput: `wrk -t1 -c{a.conns}` for {a.duration}s, closed loop.",
+        f"Latency: `oha -q {a.rate} -c {a.conns} --latency-correction` for {a.duration}s in all (keep-alive,",
+        "coordinated-omission corrected; percentiles over every request of the round's slices, leaving out",
+        f"the {a.conns} per slice that open the client's connections). Throughput: `wrk -t1 -c{a.conns}` for {a.duration}s, closed loop.",
         "CPU: on-CPU time of all threads of the proxy processes (scheduler accounting,",
         "`/proc/<pid>/task/*/schedstat`) during the fixed-rate run, per 1,000 requests.",
         "RSS: peak resident set (VmHWM) of the proxy processes, summed (nginx: master + worker).",
