@@ -19,19 +19,21 @@ import subprocess
 import sys
 
 TICKS = os.sysconf("SC_CLK_TCK")
+CONNS = 16  # the load generators' connections; main() sets it from --conns
 PROXIES = ["direct", "tracseq", "tracseqstd", "nginx", "haproxy"]
 LABEL = {"direct": "direct (no proxy)", "tracseq": "tracseq-proxy", "tracseqstd": "tracseq-proxy, no PGO",
          "nginx": "nginx", "haproxy": "HAProxy"}
 SHORT = dict(LABEL, tracseqstd="tracseq, no PGO")
 
 
-def load(out, name):
+def load(out, name, rate=None, duration=None):
     """The median over the rounds of `name` (a single-round run of an older layout works too)."""
     bases = sorted(glob.glob(os.path.join(out, name + ".r*.meta.json")))
     bases = [b[:-len(".meta.json")] for b in bases]
     if not bases and os.path.exists(os.path.join(out, name + ".meta.json")):
         bases = [os.path.join(out, name)]
-    rounds = [r for r in (load_round(b) for b in bases) if r]
+    rounds = [r for r in (load_round(b, rate, duration) for b in bases) if r]
+    rounds.sort(key=lambda r: r["round"])
     if not rounds:
         return None
     merged = dict(rounds[0])
@@ -49,7 +51,7 @@ def load(out, name):
         merged["big_rss_mib"] = max(r["big_rss_mib"] for r in big)
         worst = min(big, key=lambda r: (r["big_bytes"], r["big_status"] == "200"))
         merged["big_bytes"], merged["big_status"] = worst["big_bytes"], worst["big_status"]
-    merged["rounds"] = rounds
+    merged["rounds"] = {r["round"]: r for r in rounds}
     return merged
 
 
@@ -71,13 +73,20 @@ def load_slices(paths):
     import csv
     kept, total, ok = [], 0, 0
     for path in paths:
+        dialed = 0
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
                 total += 1
-                if row.get("status", "").startswith("2"):
+                if (row.get("status") or "").startswith("2"):
                     ok += 1
                 if float(row["DNS+dialup"]) == 0:
                     kept.append(float(row["request-duration"]) * 1e6)
+                else:
+                    dialed += 1
+        if dialed > CONNS:
+            # More connections than the client keeps open: some were closed and reopened.
+            print(f"report: {path}: {dialed} requests opened a connection (client keeps {CONNS})",
+                  file=sys.stderr)
     if not total:
         raise ValueError("no requests in " + ", ".join(paths))
     kept.sort()
@@ -85,12 +94,18 @@ def load_slices(paths):
             "requests": total, "success": ok / total}
 
 
-def load_round(base):
-    r = {}
+def load_round(base, rate=None, duration=None):
+    m = re.search(r"\.r(\d+)$", base)
+    r = {"round": int(m.group(1)) if m else 1}
     slices = sorted(glob.glob(base + ".s*.csv"))
     try:
         if slices:
             r.update(load_slices(slices))
+            # oha's csv holds the successful requests only: a proxy that failed requests shows
+            # as one that served fewer than the rate asked for.
+            if rate and duration and r["requests"] < 0.99 * rate * duration:
+                print(f"report: {base}: {r['requests']} requests served, {rate * duration:.0f} asked for",
+                      file=sys.stderr)
         else:
             # Runs before the slices: one oha json per round.
             with open(base + ".oha.json") as f:
@@ -102,7 +117,7 @@ def load_round(base):
             summ = oha.get("summary", {})
             r["requests"] = sum(oha.get("statusCodeDistribution", {}).values())
             r["success"] = summ.get("successRate", 0)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"report: round {base} left out: {e}", file=sys.stderr)
         return None
     try:
@@ -113,6 +128,7 @@ def load_round(base):
         r["rps"] = 0.0
     with open(base + ".meta.json") as f:
         meta = json.load(f)
+    r["slices"] = meta.get("slices", 0)
     cpu_s = meta["cpu_ns"] / 1e9 if "cpu_ns" in meta else meta["cpu_ticks"] / TICKS
     r["cpu_per_1k"] = cpu_s / max(r["requests"], 1) * 1000
     # The user/kernel split of that time, as the kernel's tick samples apportion it (runs
@@ -231,15 +247,22 @@ def targets(results):
         a = [r[key] - d[key] for r in (t, n, h)]
         out.append(f"| {name} | {a[0]:.0f} | {a[1]:.0f} | {a[2]:.0f} | {ok(a[0] < a[1] and a[0] < a[2])} |")
     best = min(n["cpu_per_1k"], h["cpu_per_1k"])
-    per_round = [tr["cpu_per_1k"] / min(nr["cpu_per_1k"], hr["cpu_per_1k"])
-                 for tr, nr, hr in zip(t["rounds"], n["rounds"], h["rounds"])]
+    # Round by round, joined on the round number (a round a proxy lacks shows as "—").
+    numbers = sorted(set(t["rounds"]) | set(n["rounds"]) | set(h["rounds"]))
+    def each(f, proxies):
+        out = []
+        for k in numbers:
+            rs = [x["rounds"].get(k) for x in proxies]
+            out.append(f(*rs) if all(rs) else "—")
+        return out
+    per_round = each(lambda tr, nr, hr: f"{tr['cpu_per_1k'] / min(nr['cpu_per_1k'], hr['cpu_per_1k']):.2f}×", (t, n, h))
     out.append(f"| mesh CPU s / 1k req ≤ 0.8 × the better ({0.8 * best:.3f}) | {t['cpu_per_1k']:.3f} | {n['cpu_per_1k']:.3f} | "
                f"{h['cpu_per_1k']:.3f} | {ok(t['cpu_per_1k'] <= 0.8 * best)} ({t['cpu_per_1k'] / best:.2f}×) |")
     cpu_note = ("Mesh CPU of tracseq-proxy ÷ the better of nginx and HAProxy, round by round: "
-                + ", ".join(f"{x:.2f}×" for x in per_round) + ".")
+                + ", ".join(per_round) + ".")
     cpu_note += (" Mesh added p99 µs round by round, tracseq-proxy / nginx / HAProxy: "
-                 + ", ".join(f"{tr['p99'] - dr['p99']:.0f} / {nr['p99'] - dr['p99']:.0f} / {hr['p99'] - dr['p99']:.0f}"
-                             for tr, nr, hr, dr in zip(t["rounds"], n["rounds"], h["rounds"], d["rounds"])) + ".")
+                 + ", ".join(each(lambda tr, nr, hr, dr: f"{tr['p99'] - dr['p99']:.0f} / {nr['p99'] - dr['p99']:.0f} / "
+                                  f"{hr['p99'] - dr['p99']:.0f}", (t, n, h, d))) + ".")
     s = results.get(("tracseqstd", "mesh"))
     if s:
         added = [s[k] - d[k] for k in ("p50", "p99")]
@@ -264,20 +287,23 @@ def main():
     ap.add_argument("--rate", default="1000")
     ap.add_argument("--conns", default="16")
     ap.add_argument("--rounds", default="1")
-    ap.add_argument("--slices", default="1")
     ap.add_argument("--build", default="cargo build --release")
     ap.add_argument("--std-build", default="the plain `cargo build --release` of the same commit")
     a = ap.parse_args()
+    global CONNS
+    CONNS = int(a.conns)
     results = {}
     for topo in ("plain", "mesh"):
         for p in PROXIES:
-            r = load(a.out, f"{p}-{topo}")
+            r = load(a.out, f"{p}-{topo}", float(a.rate), float(a.duration))
             if r:
                 results[(p, topo)] = r
     if not results:
         sys.exit("report: no results in " + a.out)
     svg_chart(results, a.svg)
     m = machine()
+    # Runs before the slices (no "slices" in their meta.json) were measured one proxy at a time.
+    sliced = max(r["slices"] for res in results.values() for r in res["rounds"].values())
     lines = [
         "# Benchmarks",
         "",
@@ -285,17 +311,27 @@ def main():
         "comparison is within the same run on the same machine). Regenerate with",
         "`benches/load/compare` — it rewrites this file and `docs/benchmarks-latency.svg`.",
         f"Each number is the median of {a.rounds} round(s); every round starts fresh proxy processes.",
-        "Within a round all proxies run side by side (the ones not under load sleep) and the fixed-rate",
-        f"run of each is cut into {a.slices} slice(s) taken in turn, A, B, C, D, A, B, ..., so a noisy",
-        "stretch of the shared host falls on every proxy alike; the order turns by one place every",
-        "slice and every round. Closed-loop runs and the 1 GiB check follow, one proxy at a time.",
+    ]
+    if sliced:
+        lines += [
+            "Within a round all proxies run side by side (the ones not under load sleep) and the fixed-rate",
+            f"run of each is cut into {sliced} slices taken in turn (ABCD, BCDA, CDAB, ...), so a noisy",
+            "stretch of the shared host falls on every proxy alike; the order also turns by one place",
+            "every round. Closed-loop runs and the 1 GiB check follow, one proxy at a time.",
+        ]
+    else:
+        lines += ["Within a round the proxies are measured one after the other, in an order that turns by",
+                  "one place each round."]
+    lines += [
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}; {m['nginx']}; {m['haproxy']}.",
         f"Each proxy process is pinned to CPU 1 with one worker (`--workers 1`, `worker_processes 1`,",
         f"`nbthread 1`); the upstream (nginx `return 200`) and the load generators are pinned to CPU 0.",
-        f"Latency: `oha -q {a.rate} -c {a.conns} --latency-correction` for {a.duration}s in all (keep-alive,",
-        "coordinated-omission corrected; percentiles over every request of the round's slices, leaving out",
-        f"the {a.conns} per slice that open the client's connections). Throughput: `wrk -t1 -c{a.conns}` for {a.duration}s, closed loop.",
+        f"Latency: `oha -q {a.rate} -c {a.conns} --latency-correction` for {a.duration}s (keep-alive,",
+        "coordinated-omission corrected" + (
+            "; nearest-rank percentiles over every request of the round's slices, leaving out the"
+            f" {a.conns} per slice that open the client's connections" if sliced else "") + ").",
+        f"Throughput: `wrk -t1 -c{a.conns}` for {a.duration}s, closed loop.",
         "CPU: on-CPU time of all threads of the proxy processes (scheduler accounting,",
         "`/proc/<pid>/task/*/schedstat`) during the fixed-rate run, per 1,000 requests.",
         "RSS: peak resident set (VmHWM) of the proxy processes, summed (nginx: master + worker).",
