@@ -11,6 +11,7 @@ reports the largest peak RSS and the worst transfer (fewest bytes) of any round.
 import argparse
 import glob
 import json
+import math
 import statistics
 import os
 import platform
@@ -37,7 +38,7 @@ def load(out, name, rate=None, duration=None):
     if not rounds:
         return None
     merged = dict(rounds[0])
-    for key in ("p50", "p99", "p999", "rps", "cpu_per_1k", "rss_mib", "requests", "success"):
+    for key in ("p50", "p99", "p999", "rps", "cpu_per_1k", "rss_mib", "requests"):
         merged[key] = statistics.median(r[key] for r in rounds)
     merged["rss_each_max_mib"] = max(r["rss_each_max_mib"] for r in rounds)
     if all("user_per_1k" in r for r in rounds):
@@ -59,8 +60,8 @@ def percentile(sorted_values, q):
     """Nearest-rank percentile (q in 0..1) of an ascending list."""
     if not sorted_values:
         return 0.0
-    rank = max(int(-(-q * len(sorted_values) // 1)), 1)  # ceil(q * n), at least 1
-    return sorted_values[min(rank, len(sorted_values)) - 1]
+    rank = min(max(math.ceil(q * len(sorted_values)), 1), len(sorted_values))
+    return sorted_values[rank - 1]
 
 
 def load_slices(paths):
@@ -71,14 +72,12 @@ def load_slices(paths):
     measures, so it is left out of the percentiles; it still counts as a request (its CPU was
     spent)."""
     import csv
-    kept, total, ok = [], 0, 0
+    kept, total = [], 0
     for path in paths:
         dialed = 0
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
                 total += 1
-                if (row.get("status") or "").startswith("2"):
-                    ok += 1
                 if float(row["DNS+dialup"]) == 0:
                     kept.append(float(row["request-duration"]) * 1e6)
                 else:
@@ -91,7 +90,7 @@ def load_slices(paths):
         raise ValueError("no requests in " + ", ".join(paths))
     kept.sort()
     return {"p50": percentile(kept, 0.50), "p99": percentile(kept, 0.99), "p999": percentile(kept, 0.999),
-            "requests": total, "success": ok / total}
+            "requests": total}
 
 
 def load_round(base, rate=None, duration=None):
@@ -114,9 +113,7 @@ def load_round(base, rate=None, duration=None):
             r["p50"] = pct.get("p50", 0) * 1e6
             r["p99"] = pct.get("p99", 0) * 1e6
             r["p999"] = pct.get("p99.9", 0) * 1e6
-            summ = oha.get("summary", {})
             r["requests"] = sum(oha.get("statusCodeDistribution", {}).values())
-            r["success"] = summ.get("successRate", 0)
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"report: round {base} left out: {e}", file=sys.stderr)
         return None
