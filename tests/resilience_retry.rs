@@ -23,7 +23,7 @@ use tracseq_proxy::layers::SystemClock;
 use tracseq_proxy::proxy::body::{self, Body};
 use tracseq_proxy::proxy::connect::Connector;
 use tracseq_proxy::proxy::upstream::{Forward, H2Policy};
-use tracseq_proxy::proxy::{Dest, Direction};
+use tracseq_proxy::proxy::{Dest, Direction, RequestCtx};
 
 /// The destination a refused attempt had, for the next attempt: a request that was never sent
 /// comes back to the retry layer as it was handed down, this rewrite included.
@@ -69,7 +69,7 @@ impl tower::Service<Request<Body>> for RefuseFirst {
             calls.len() <= self.refuse
         };
         let original = req.extensions().get::<Original>().cloned();
-        if let Some(d) = req.extensions_mut().get_mut::<Dest>() {
+        if let Some(d) = RequestCtx::of_mut(&mut req).dest.as_mut() {
             if refuse {
                 let was = std::mem::replace(&mut d.authority, self.refused.clone());
                 if original.is_none() {
@@ -125,7 +125,7 @@ fn request(up: &Upstream, method: http::Method, body: Body) -> Request<Body> {
         .header("host", "up")
         .body(body)
         .expect("request");
-    req.extensions_mut().insert(Dest {
+    RequestCtx::of_mut(&mut req).dest = Some(Dest {
         label: "up",
         authority: up.addr.to_string().parse().expect("authority"),
         port: up.addr.port(),

@@ -17,7 +17,7 @@ use crate::config::IdentityPattern;
 use crate::error::{BoxError, ErrorKind, ProxyError};
 use crate::layers::labels::DirectionLabel;
 use crate::proxy::body::Body;
-use crate::proxy::{ConnMeta, Direction};
+use crate::proxy::Direction;
 
 /// The allow-list core: a synchronous decision.
 #[derive(Debug)]
@@ -90,10 +90,7 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let identity = req
-            .extensions()
-            .get::<Arc<ConnMeta>>()
-            .and_then(|m| m.identity().cloned());
+        let identity = crate::proxy::RequestCtx::meta(&req).and_then(|m| m.identity().cloned());
         if self.allow.allows(identity.as_deref()) {
             Either::Right(self.inner.call(req))
         } else {

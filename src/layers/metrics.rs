@@ -21,7 +21,7 @@ pub use super::labels::*;
 use crate::config::RouteTemplate;
 use crate::error::ErrorKind;
 use crate::proxy::body::{self, Body, BodyEnd, Observed, OnEnd};
-use crate::proxy::{ConnMeta, Direction};
+use crate::proxy::Direction;
 
 /// CONTRACT.md's duration buckets (seconds).
 pub const DURATION_BUCKETS: [f64; 17] = [
@@ -215,10 +215,8 @@ where
         let shared = self.shared.clone();
         let method = Method::from_http(req.method());
         let protocol = Protocol::from_version(req.version());
-        let scheme = req
-            .extensions()
-            .get::<Arc<ConnMeta>>()
-            .map_or("http", |c| c.scheme());
+        let meta = crate::proxy::RequestCtx::meta(&req);
+        let scheme = meta.map_or("http", |c| c.scheme());
         let route = if shared.routes.is_empty() {
             None
         } else {
@@ -237,15 +235,9 @@ where
                 .headers()
                 .get(crate::proxy::headers::X_REQUEST_ID)
                 .cloned(),
-            client: req
-                .extensions()
-                .get::<Arc<ConnMeta>>()
-                .map(|c| c.client_addr),
+            client: meta.map(|c| c.client_addr),
         });
-        let conn = req
-            .extensions()
-            .get::<Arc<ConnMeta>>()
-            .map(|c| c.state.begin());
+        let conn = meta.map(|c| c.state.begin());
         let mut guard = RequestGuard {
             conn,
             shared,

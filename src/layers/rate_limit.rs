@@ -44,7 +44,7 @@ use super::{LimitMode, ModeLabels, PolicyMetrics};
 use crate::config::{Config, Rate, RateLimitKey, RateLimitMode};
 use crate::error::{BoxError, ErrorKind, ProxyError};
 use crate::proxy::body::Body;
-use crate::proxy::{ConnMeta, Direction};
+use crate::proxy::Direction;
 
 /// Most per-client keys kept: about 64 bytes each in the table, so a few MB at most.
 pub const MAX_CLIENT_KEYS: usize = 50_000;
@@ -281,7 +281,7 @@ impl<C: GovClock> RateLimiter<C> {
     /// The key of a request under `--rate-limit-key`: identity or header when present, else
     /// the client's IP.
     pub fn key_of<B>(&self, req: &Request<B>) -> ClientKey {
-        let meta = req.extensions().get::<Arc<ConnMeta>>();
+        let meta = crate::proxy::RequestCtx::meta(req);
         let ip = || {
             ClientKey::Ip(meta.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |m| m.client_addr.ip()))
         };

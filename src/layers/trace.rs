@@ -26,7 +26,7 @@ use super::retry::ResendCount;
 use crate::config::RouteTemplate;
 use crate::error::ErrorKind;
 use crate::proxy::body::{self, Body, BodyEnd, Observed, OnEnd};
-use crate::proxy::{ConnMeta, Direction};
+use crate::proxy::Direction;
 use crate::trace::propagation::{self, Extracted};
 use crate::trace::{ServerContext, SpanRecord, TraceIds, Tracer};
 
@@ -137,7 +137,7 @@ impl<S> TraceService<S> {
             })
             .flatten()
             .map(|r| r.template);
-        let meta = req.extensions().get::<Arc<ConnMeta>>();
+        let meta = crate::proxy::RequestCtx::meta(req);
         let scheme = meta.map_or("http", |m| m.scheme());
         let mut attrs = Vec::with_capacity(14);
         attrs.push(KeyValue::new("http.request.method", method.as_str()));
@@ -232,7 +232,7 @@ where
         }
         let (ids, parent) = server_ids(&self.shared.tracer, req.headers_mut());
         let span = ids.sampled.then(|| self.server_span(&req, ids, parent));
-        req.extensions_mut().insert(ServerContext {
+        crate::proxy::RequestCtx::of_mut(&mut req).server = Some(ServerContext {
             tracer: self.shared.tracer.clone(),
             ids,
         });

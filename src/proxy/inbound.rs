@@ -22,7 +22,7 @@ use super::body::Body;
 use super::connect::Connector;
 use super::stack::{RequestIdLayer, RescueLayer, TimeoutLayer};
 use super::upstream::{Forward, H2Policy};
-use super::{headers, ConnMeta, Dest, Direction};
+use super::{headers, Dest, Direction, RequestCtx};
 use crate::config::Config;
 use crate::error::BoxError;
 use crate::layers::authz::AuthzLayer;
@@ -128,7 +128,7 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> S::Future {
         let upgrade = headers::is_upgrade(req.headers());
-        let meta = req.extensions().get::<Arc<ConnMeta>>().cloned();
+        let meta = RequestCtx::meta(&req).cloned();
         let h = req.headers_mut();
         headers::strip_hop_by_hop(h, upgrade);
         // Never let a caller speak for a certificate it did not present.
@@ -139,7 +139,7 @@ where
             }
             headers::add_forwarded(h, &meta.client_ip, meta.scheme());
         }
-        req.extensions_mut().insert((*self.dest).clone());
+        RequestCtx::of_mut(&mut req).dest = Some((*self.dest).clone());
         self.inner.call(req)
     }
 }

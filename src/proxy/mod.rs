@@ -49,8 +49,8 @@ pub struct PeerTls {
     pub xfcc: Option<HeaderValue>,
 }
 
-/// Facts about one accepted connection, shared by all its requests (an `Arc` in the request
-/// extensions).
+/// Facts about one accepted connection, shared by all its requests (an `Arc` in each request's
+/// `RequestCtx`).
 #[derive(Debug, Clone)]
 pub struct ConnMeta {
     pub direction: Direction,
@@ -76,6 +76,44 @@ impl ConnMeta {
 
     pub fn identity(&self) -> Option<&Arc<str>> {
         self.tls.as_ref().and_then(|t| t.identity.as_ref())
+    }
+}
+
+/// What the stack learns about a request on its way down, for the layers below: one entry in
+/// the request's extensions. `http::Extensions` boxes every entry into a hash map; the four
+/// facts as entries of their own cost seven allocations per request (map, table, its growth,
+/// four boxes), as one entry three.
+#[derive(Clone, Default)]
+pub struct RequestCtx {
+    /// The connection the request came in on (set by the server, hyper's or ours).
+    pub meta: Option<Arc<ConnMeta>>,
+    /// Where it goes (set by the inbound or outbound routing).
+    pub dest: Option<Dest>,
+    /// When `--request-timeout` cuts it off (set by the timeout layer).
+    pub deadline: Option<tokio::time::Instant>,
+    /// The server span's ids, for the client span and propagation (set by the trace layer).
+    pub server: Option<crate::trace::ServerContext>,
+}
+
+impl RequestCtx {
+    /// A request's context, when the server set one.
+    pub fn of<B>(req: &http::Request<B>) -> Option<&RequestCtx> {
+        req.extensions().get()
+    }
+
+    /// A request's context, made empty if it had none.
+    pub fn of_mut<B>(req: &mut http::Request<B>) -> &mut RequestCtx {
+        req.extensions_mut().get_or_insert_default()
+    }
+
+    /// The connection a request came in on.
+    pub fn meta<B>(req: &http::Request<B>) -> Option<&Arc<ConnMeta>> {
+        Self::of(req)?.meta.as_ref()
+    }
+
+    /// Where a request goes, once routing chose.
+    pub fn dest<B>(req: &http::Request<B>) -> Option<&Dest> {
+        Self::of(req)?.dest.as_ref()
     }
 }
 

@@ -20,7 +20,7 @@ use super::body::Body;
 use super::connect::Connector;
 use super::stack::{RequestIdLayer, RescueLayer, TimeoutLayer};
 use super::upstream::{Forward, H2Policy};
-use super::{headers, Dest, Direction};
+use super::{headers, Dest, Direction, RequestCtx};
 use crate::config::{Config, Peer};
 use crate::error::{BoxError, ErrorKind, ProxyError};
 use crate::layers::metrics::{HttpMetrics, MetricsLayer};
@@ -250,7 +250,7 @@ where
                 req.headers_mut().insert(HOST, v);
             }
         }
-        req.extensions_mut().insert(dest);
+        RequestCtx::of_mut(&mut req).dest = Some(dest);
         Either::Left(self.inner.call(req))
     }
 }

@@ -14,7 +14,7 @@ use tower::util::Oneshot;
 use tower::ServiceExt;
 
 use super::body::{self, Body};
-use super::{headers, raw_fields, ConnMeta, Direction};
+use super::{headers, raw_fields, ConnMeta, Direction, RequestCtx};
 use crate::error::{self, BoxError, ErrorKind, ProxyError};
 use crate::layers::metrics::HttpMetrics;
 
@@ -53,7 +53,10 @@ where
             // An upload that stalls is cut after --idle-timeout.
             req.map(|b| body::boxed(body::IdleTimeout::new(b, idle)))
         };
-        req.extensions_mut().insert(self.meta.clone());
+        req.extensions_mut().insert(RequestCtx {
+            meta: Some(self.meta.clone()),
+            ..RequestCtx::default()
+        });
         Materialize {
             inner: self.stack.clone().oneshot(req),
         }
@@ -210,10 +213,6 @@ where
     }
 }
 
-/// The instant `--request-timeout` fires for a request (a request extension).
-#[derive(Debug, Clone, Copy)]
-pub struct Deadline(pub tokio::time::Instant);
-
 /// `--request-timeout`: a deadline for the upstream's response headers (bodies may stream for
 /// longer: a download is not a timeout). Fires as 504 `upstream-timeout`.
 #[derive(Clone)]
@@ -266,7 +265,7 @@ where
         // Inner layers (the upstream call) learn when they will be cut off, so a call dropped
         // at the deadline is recorded as a timeout rather than a cancellation.
         let deadline = tokio::time::Instant::now() + self.layer.timeout;
-        req.extensions_mut().insert(Deadline(deadline));
+        RequestCtx::of_mut(&mut req).deadline = Some(deadline);
         TimeoutFuture {
             inner: tokio::time::timeout_at(deadline, self.inner.call(req)),
             layer: self.layer.clone(),

@@ -7,7 +7,7 @@ use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
 
 use super::propagation;
-use super::{ServerContext, SpanRecord, TraceIds, Tracer};
+use super::{SpanRecord, TraceIds, Tracer};
 use crate::error::ErrorKind;
 use crate::layers::metrics::{Method, Protocol, TraceExemplar};
 use crate::layers::retry::ResendCount;
@@ -27,7 +27,7 @@ pub struct ClientSpan {
 
 impl ClientSpan {
     pub fn start(req: &mut Request<Body>, dest: &Dest) -> Self {
-        let Some(server) = req.extensions().get::<ServerContext>() else {
+        let Some(server) = crate::proxy::RequestCtx::of(req).and_then(|c| c.server.as_ref()) else {
             return Self {
                 ids: None,
                 record: None,

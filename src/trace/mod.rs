@@ -186,7 +186,7 @@ impl SpanRecord {
     }
 }
 
-/// What a SERVER span leaves in the request extensions for the CLIENT span of the same request
+/// What a SERVER span leaves in the request's `RequestCtx` for the CLIENT span of the same request
 /// (the call to the upstream or peer).
 #[derive(Clone)]
 pub struct ServerContext {

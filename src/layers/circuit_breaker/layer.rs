@@ -12,7 +12,6 @@ use super::{Breakers, CircuitBreaker, Permit};
 use crate::classify;
 use crate::error::{kind_of, BoxError, ErrorKind, ProxyError};
 use crate::proxy::body::Body;
-use crate::proxy::Dest;
 
 #[derive(Clone)]
 pub struct BreakerLayer {
@@ -109,7 +108,7 @@ where
                 inner: self.inner.call(req),
             };
         };
-        let breaker = match req.extensions().get::<Dest>() {
+        let breaker = match crate::proxy::RequestCtx::dest(&req) {
             Some(d) => breakers.get(d.authority.as_str(), d.label),
             None => breakers.get("_other", "_other"),
         };

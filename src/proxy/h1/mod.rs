@@ -40,7 +40,7 @@ use head::{take, Field, Parsed};
 
 use super::body::{self, Body};
 use super::drain::Drain;
-use super::ConnMeta;
+use super::{ConnMeta, RequestCtx};
 
 /// Largest head this loop serves or waits for; a longer one (even complete in the buffer)
 /// goes to hyper, which allows up to the listener's limit and answers 431 beyond it.
@@ -239,7 +239,10 @@ where
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = headers;
-        req.extensions_mut().insert(self.meta.clone());
+        req.extensions_mut().insert(RequestCtx {
+            meta: Some(self.meta.clone()),
+            ..RequestCtx::default()
+        });
         Ok(req)
     }
 

@@ -20,8 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use super::body::{self, Body, BodyEnd, Observed, OnEnd};
 use super::connect::Connector;
 use super::pool::{self, H1Pool, H2Pool};
-use super::stack::Deadline;
-use super::{headers, Dest, Direction};
+use super::{headers, Direction, RequestCtx};
 use crate::error::{BoxError, ProxyError, UpstreamFailure};
 use crate::layers::metrics::{ClientLabels, ErrorType, HttpMetrics, Method, UpstreamTiming};
 use route::{shared, Failed, UpstreamBody, Via};
@@ -134,7 +133,7 @@ impl tower::Service<Request<Body>> for Forward {
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let inner = self.inner.clone();
         Box::pin(async move {
-            let dest = req.extensions().get::<Dest>().cloned().ok_or_else(|| {
+            let dest = RequestCtx::dest(&req).cloned().ok_or_else(|| {
                 ProxyError::upstream(UpstreamFailure::Protocol, "request has no destination")
             })?;
             let upgrade = (req.version() <= Version::HTTP_11 && headers::is_upgrade(req.headers()))
@@ -173,7 +172,7 @@ impl tower::Service<Request<Body>> for Forward {
                 inner.route(&dest, h2_caller, upgrade.is_some())
             };
             let span = crate::layers::trace::ClientSpan::start(&mut req, &dest);
-            let deadline = req.extensions().get::<Deadline>().map(|d| d.0);
+            let deadline = RequestCtx::of(&req).and_then(|c| c.deadline);
             let start = Instant::now();
             let mut unfinished = Unfinished {
                 inner: inner.clone(),
