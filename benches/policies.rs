@@ -22,7 +22,7 @@ use tracseq_proxy::layers::rate_limit::{RateLimitLayer, RateLimiter};
 use tracseq_proxy::layers::retry::{Budget, RetryLayer};
 use tracseq_proxy::layers::{Policies, PolicyMetrics, SystemClock};
 use tracseq_proxy::proxy::body::{self, Body};
-use tracseq_proxy::proxy::{Dest, Direction};
+use tracseq_proxy::proxy::{Dest, Direction, RequestCtx};
 
 /// The inner service: answers 200 at once.
 #[derive(Clone, Copy)]
@@ -68,7 +68,7 @@ fn request() -> Request<Body> {
     let mut req = Request::get("/api/samples/1")
         .body(body::empty())
         .expect("request");
-    req.extensions_mut().insert(Dest {
+    RequestCtx::of_mut(&mut req).dest = Some(Dest {
         label: "app",
         authority: http::uri::Authority::from_static("127.0.0.1:8080"),
         port: 8080,
