@@ -128,7 +128,10 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> S::Future {
         let upgrade = headers::is_upgrade(req.headers());
-        let meta = RequestCtx::meta(&req).cloned();
+        // One look-up of the context: the destination goes in, the connection comes out.
+        let ctx = RequestCtx::of_mut(&mut req);
+        ctx.dest = Some((*self.dest).clone());
+        let meta = ctx.meta.clone();
         let h = req.headers_mut();
         headers::strip_hop_by_hop(h, upgrade);
         // Never let a caller speak for a certificate it did not present.
@@ -139,7 +142,6 @@ where
             }
             headers::add_forwarded(h, &meta.client_ip, meta.scheme());
         }
-        RequestCtx::of_mut(&mut req).dest = Some((*self.dest).clone());
         self.inner.call(req)
     }
 }

@@ -133,7 +133,10 @@ impl tower::Service<Request<Body>> for Forward {
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let inner = self.inner.clone();
         Box::pin(async move {
-            let dest = RequestCtx::dest(&req).cloned().ok_or_else(|| {
+            // Both set by layers above (routing, the timeout): one look-up of the context.
+            let ctx = RequestCtx::of(&req);
+            let deadline = ctx.and_then(|c| c.deadline);
+            let dest = ctx.and_then(|c| c.dest.clone()).ok_or_else(|| {
                 ProxyError::upstream(UpstreamFailure::Protocol, "request has no destination")
             })?;
             let upgrade = (req.version() <= Version::HTTP_11 && headers::is_upgrade(req.headers()))
@@ -172,7 +175,6 @@ impl tower::Service<Request<Body>> for Forward {
                 inner.route(&dest, h2_caller, upgrade.is_some())
             };
             let span = crate::layers::trace::ClientSpan::start(&mut req, &dest);
-            let deadline = RequestCtx::of(&req).and_then(|c| c.deadline);
             let start = Instant::now();
             let mut unfinished = Unfinished {
                 inner: inner.clone(),
