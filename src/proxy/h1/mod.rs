@@ -32,7 +32,6 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
-use tower::ServiceExt;
 
 pub use prefixed::Prefixed;
 
@@ -91,7 +90,7 @@ pub struct Conn<'a, I, S> {
 impl<'a, I, S> Conn<'a, I, S>
 where
     I: AsyncRead + AsyncWrite + Unpin,
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
     S::Future: Send + 'static,
     S: Send + 'static,
 {
@@ -188,8 +187,14 @@ where
         // Boxed: with the stack's future named inside this loop's future, rustc cannot prove
         // the connection task `Send` (the `dyn Error` lifetime in the body type becomes
         // higher-ranked); one allocation per request, as hyper's dispatcher makes too.
+        //
+        // The connection's own copy of the stack is called, not a clone per request: every
+        // layer passes readiness down to `Forward`, which is always ready, and keeps its
+        // state behind `Arc`s, so a clone would only add a reference count to each of them
+        // (and drop it again) on every request.
+        let Ok(()) = poll_fn(|cx| self.stack.poll_ready(cx)).await;
         let call: Pin<Box<dyn Future<Output = Response<Body>> + Send>> = Box::pin(Call {
-            inner: self.stack.clone().oneshot(req),
+            inner: self.stack.call(req),
         });
         let Some(resp) = self.watching(call).await? else {
             // The client went away while its request was in flight: dropping the call
@@ -241,6 +246,8 @@ where
         *req.headers_mut() = headers;
         req.extensions_mut().insert(RequestCtx {
             meta: Some(self.meta.clone()),
+            // `head::take` passed no upgrade to this loop.
+            no_upgrade: true,
             ..RequestCtx::default()
         });
         Ok(req)
