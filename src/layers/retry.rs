@@ -31,7 +31,7 @@ use super::{Clock, SystemClock};
 use crate::config::Config;
 use crate::error::{kind_of, BoxError, ErrorKind, UpstreamFailure};
 use crate::proxy::body::{self, Body};
-use crate::proxy::{headers, Direction};
+use crate::proxy::{Direction, RequestCtx};
 
 /// Budget window, in one-second slots.
 pub const WINDOW_SECS: u64 = 10;
@@ -118,7 +118,7 @@ impl Budget {
 pub fn replayable<B: http_body::Body>(req: &Request<B>) -> bool {
     (req.body().is_end_stream() || req.body().size_hint().exact() == Some(0))
         && req.method() != Method::CONNECT
-        && !headers::is_upgrade(req.headers())
+        && !RequestCtx::is_upgrade(req)
 }
 
 /// An upstream error that gives back the request it failed to send (no connection could be

@@ -91,9 +91,23 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// A hop-by-hop name in any case (a field name as received, a `Connection` token): its entry
 /// in `HOP_BY_HOP`.
 pub(crate) fn hop_by_hop(name: &str) -> Option<&'static HeaderName> {
-    HOP_BY_HOP
+    // A switch on the length, then at most two compares: this runs for every field of every
+    // raw response head, where a walk of the table cost eight compares (and eight look-ups
+    // of a standard name's text) per field.
+    let candidates: &[(usize, &str)] = match name.len() {
+        2 => &[(TE_INDEX, "te")],
+        7 => &[(7, "upgrade")],
+        10 => &[(0, "connection"), (1, "keep-alive")],
+        16 => &[(2, "proxy-connection")],
+        17 => &[(3, "transfer-encoding")],
+        18 => &[(4, "proxy-authenticate")],
+        19 => &[(5, "proxy-authorization")],
+        _ => return None,
+    };
+    candidates
         .iter()
-        .find(|h| name.eq_ignore_ascii_case(h.as_str()))
+        .find(|(_, text)| name.eq_ignore_ascii_case(text))
+        .map(|&(i, _)| &HOP_BY_HOP[i])
 }
 
 /// The position of a (lowercase) name in `HOP_BY_HOP`: a match on the string is a length
@@ -162,25 +176,32 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, proto: &'sta
     // Merge every earlier hop (possibly on several header lines) into one comma-separated
     // value (RFC 7239 style list) rather than a second header line, which some apps read only
     // the first of.
-    let mut prev: Vec<u8> = Vec::new();
-    for v in headers.get_all(X_FORWARDED_FOR) {
-        if v.is_empty() {
-            continue;
+    // One look-up for the read and the write.
+    match headers.entry(X_FORWARDED_FOR) {
+        header::Entry::Vacant(e) => {
+            e.insert(ip);
         }
-        if !prev.is_empty() {
-            prev.extend_from_slice(b", ");
+        header::Entry::Occupied(mut e) => {
+            let mut prev: Vec<u8> = Vec::new();
+            for v in e.iter() {
+                if v.is_empty() {
+                    continue;
+                }
+                if !prev.is_empty() {
+                    prev.extend_from_slice(b", ");
+                }
+                prev.extend_from_slice(v.as_bytes());
+            }
+            let merged = if prev.is_empty() {
+                ip
+            } else {
+                prev.extend_from_slice(b", ");
+                prev.extend_from_slice(ip.as_bytes());
+                HeaderValue::from_bytes(&prev).unwrap_or(ip)
+            };
+            // Replaces every earlier line with the one merged value.
+            e.insert(merged);
         }
-        prev.extend_from_slice(v.as_bytes());
-    }
-    if prev.is_empty() {
-        headers.insert(X_FORWARDED_FOR, ip);
-    } else {
-        prev.extend_from_slice(b", ");
-        prev.extend_from_slice(ip.as_bytes());
-        match HeaderValue::from_bytes(&prev) {
-            Ok(v) => headers.insert(X_FORWARDED_FOR, v),
-            Err(_) => headers.insert(X_FORWARDED_FOR, ip),
-        };
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
 }
@@ -296,6 +317,40 @@ mod tests {
     }
 
     #[test]
+    fn hop_by_hop_finds_every_entry_in_any_case() {
+        for name in &HOP_BY_HOP {
+            let lower = name.as_str();
+            let upper = lower.to_ascii_uppercase();
+            let mixed: String = lower
+                .chars()
+                .enumerate()
+                .map(|(i, c)| {
+                    if i % 2 == 0 {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            for text in [lower, upper.as_str(), mixed.as_str()] {
+                assert_eq!(hop_by_hop(text), Some(name), "{text}");
+            }
+        }
+        // Same lengths as entries, other names; other lengths.
+        for text in [
+            "tx",
+            "upgradz",
+            "connectiom",
+            "keep-alivf",
+            "x-app",
+            "",
+            "content-length",
+        ] {
+            assert_eq!(hop_by_hop(text), None, "{text}");
+        }
+    }
+
+    #[test]
     fn connection_naming_te_or_absent_names() {
         // `Connection: te` makes `TE` itself hop-by-hop: even `trailers` goes.
         let mut h = HeaderMap::new();
@@ -362,6 +417,13 @@ mod tests {
         add_forwarded(&mut h, &HeaderValue::from_static("127.0.0.1"), "http");
         let all: Vec<_> = h.get_all(X_FORWARDED_FOR).iter().collect();
         assert_eq!(all, ["10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1"]);
+        // Empty lines add nothing; the field still ends up one line.
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static(""));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static(""));
+        add_forwarded(&mut h, &HeaderValue::from_static("::1"), "http");
+        let all: Vec<_> = h.get_all(X_FORWARDED_FOR).iter().collect();
+        assert_eq!(all, ["::1"]);
     }
 
     #[test]

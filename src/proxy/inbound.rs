@@ -127,19 +127,24 @@ where
     }
 
     fn call(&mut self, mut req: Request<Body>) -> S::Future {
-        let upgrade = headers::is_upgrade(req.headers());
         // One look-up of the context: the destination goes in, the connection comes out.
         let ctx = RequestCtx::of_mut(&mut req);
         ctx.dest = Some((*self.dest).clone());
         let meta = ctx.meta.clone();
+        let upgrade = !ctx.no_upgrade && headers::is_upgrade(req.headers());
         let h = req.headers_mut();
         headers::strip_hop_by_hop(h, upgrade);
-        // Never let a caller speak for a certificate it did not present.
-        h.remove(headers::X_FORWARDED_CLIENT_CERT);
-        if let Some(meta) = &meta {
-            if let Some(xfcc) = meta.tls.as_ref().and_then(|t| t.xfcc.clone()) {
+        // Never let a caller speak for a certificate it did not present: the field is ours
+        // (`insert` replaces every line of it) or gone.
+        match meta.as_ref().and_then(|m| m.tls.as_ref()?.xfcc.clone()) {
+            Some(xfcc) => {
                 h.insert(headers::X_FORWARDED_CLIENT_CERT, xfcc);
             }
+            None => {
+                h.remove(headers::X_FORWARDED_CLIENT_CERT);
+            }
+        }
+        if let Some(meta) = &meta {
             headers::add_forwarded(h, &meta.client_ip, meta.scheme());
         }
         self.inner.call(req)

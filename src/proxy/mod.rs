@@ -94,6 +94,9 @@ pub struct RequestCtx {
     pub deadline: Option<tokio::time::Instant>,
     /// The server span's ids, for the client span and propagation (set by the trace layer).
     pub server: Option<crate::trace::ServerContext>,
+    /// Set by our HTTP/1.1 loop, which hands every head with an `Upgrade` field or a
+    /// `Connection: upgrade` token to hyper: the layers need not look for them again.
+    pub no_upgrade: bool,
 }
 
 impl RequestCtx {
@@ -115,6 +118,12 @@ impl RequestCtx {
     /// Where a request goes, once routing chose.
     pub fn dest<B>(req: &http::Request<B>) -> Option<&Dest> {
         Self::of(req)?.dest.as_ref()
+    }
+
+    /// Whether a request asks to switch protocols (`headers::is_upgrade`), unless its
+    /// context already says it cannot.
+    pub fn is_upgrade<B>(req: &http::Request<B>) -> bool {
+        Self::of(req).is_none_or(|c| !c.no_upgrade) && headers::is_upgrade(req.headers())
     }
 }
 

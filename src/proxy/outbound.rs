@@ -242,7 +242,7 @@ where
             Ok(d) => d,
             Err(e) => return Either::Right(ready(Err(e))),
         };
-        let upgrade = headers::is_upgrade(req.headers());
+        let upgrade = RequestCtx::is_upgrade(&req);
         let h = req.headers_mut();
         headers::strip_hop_by_hop(h, upgrade);
         if req.version() < http::Version::HTTP_2 && !req.headers().contains_key(HOST) {

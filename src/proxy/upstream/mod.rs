@@ -139,8 +139,10 @@ impl tower::Service<Request<Body>> for Forward {
             let dest = ctx.and_then(|c| c.dest.clone()).ok_or_else(|| {
                 ProxyError::upstream(UpstreamFailure::Protocol, "request has no destination")
             })?;
-            let upgrade = (req.version() <= Version::HTTP_11 && headers::is_upgrade(req.headers()))
-                .then(|| hyper::upgrade::on(&mut req));
+            let upgrade = (req.version() <= Version::HTTP_11
+                && !ctx.is_some_and(|c| c.no_upgrade)
+                && headers::is_upgrade(req.headers()))
+            .then(|| hyper::upgrade::on(&mut req));
             // A request body the client cuts (it went away, or sent broken framing) makes the
             // upstream exchange fail too; this flag keeps that from counting as the upstream's
             // failure. Only requests with a body pay for it.
