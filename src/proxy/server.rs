@@ -1,7 +1,7 @@
 //! Listeners and connections: accept, (TLS), deadlines, HTTP/1 + HTTP/2 (auto-detected, h2c by
 //! prior knowledge), and graceful drain. One task per connection; the stack is cloned per
-//! connection (cheap: a few `Arc`s), and per request only by the hyper adapter (our HTTP/1.1
-//! loop calls the connection's copy).
+//! connection (cheap: a few `Arc`s), and as a whole per request only by the hyper adapter (our
+//! HTTP/1.1 loop calls the connection's copy; the retry layer clones `Forward` to resend).
 
 use std::convert::Infallible;
 use std::io;

@@ -191,7 +191,9 @@ where
         // The connection's own copy of the stack is called, not a clone per request: every
         // layer passes readiness down to `Forward`, which is always ready, and keeps its
         // state behind `Arc`s, so a clone would only add a reference count to each of them
-        // (and drop it again) on every request.
+        // (and drop it again) on every request. The wait for readiness is not watched (a
+        // client that leaves, a drain): a layer that can really be not ready would need it to
+        // be.
         let Ok(()) = poll_fn(|cx| self.stack.poll_ready(cx)).await;
         let call: Pin<Box<dyn Future<Output = Response<Body>> + Send>> = Box::pin(Call {
             inner: self.stack.call(req),
