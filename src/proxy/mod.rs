@@ -123,7 +123,12 @@ impl RequestCtx {
     /// Whether a request asks to switch protocols (`headers::is_upgrade`), unless its
     /// context already says it cannot.
     pub fn is_upgrade<B>(req: &http::Request<B>) -> bool {
-        Self::of(req).is_none_or(|c| !c.no_upgrade) && headers::is_upgrade(req.headers())
+        Self::asks_upgrade(Self::of(req), req.headers())
+    }
+
+    /// `is_upgrade` for a caller that has looked the context up already.
+    pub fn asks_upgrade(ctx: Option<&RequestCtx>, headers: &http::HeaderMap) -> bool {
+        ctx.is_none_or(|c| !c.no_upgrade) && headers::is_upgrade(headers)
     }
 }
 

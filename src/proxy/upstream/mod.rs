@@ -140,8 +140,7 @@ impl tower::Service<Request<Body>> for Forward {
                 ProxyError::upstream(UpstreamFailure::Protocol, "request has no destination")
             })?;
             let upgrade = (req.version() <= Version::HTTP_11
-                && !ctx.is_some_and(|c| c.no_upgrade)
-                && headers::is_upgrade(req.headers()))
+                && RequestCtx::asks_upgrade(ctx, req.headers()))
             .then(|| hyper::upgrade::on(&mut req));
             // A request body the client cuts (it went away, or sent broken framing) makes the
             // upstream exchange fail too; this flag keeps that from counting as the upstream's
