@@ -370,7 +370,7 @@ async fn hop_by_hop_stripped_and_forwarding_headers_set() {
     assert_eq!(up.last().headers["x-request-id"], id.as_str());
 
     // The proxy's own answers carry the id too.
-    let refused = free_port_addr().await;
+    let (refused, _bound) = refused_addr();
     let dead = start(config(refused)).await;
     let r = send(
         &h1_client(),
@@ -387,7 +387,6 @@ async fn hop_by_hop_stripped_and_forwarding_headers_set() {
     assert!(proxy.shutdown().await);
 }
 
-/// An address nothing listens on (bound, then released).
 /// An upstream on loopback that answers each read with `answer(what was read)`: one read is
 /// one request here (small bodiless heads, one at a time per connection).
 async fn canned_upstream(answer: fn(&[u8]) -> String) -> (SocketAddr, tokio::task::JoinHandle<()>) {
@@ -409,13 +408,6 @@ async fn canned_upstream(answer: fn(&[u8]) -> String) -> (SocketAddr, tokio::tas
         }
     });
     (addr, task)
-}
-
-async fn free_port_addr() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    l.local_addr().expect("addr")
 }
 
 async fn curl(args: &[&str]) -> String {

@@ -310,18 +310,11 @@ async fn shedding_at_the_concurrency_limit() {
     assert!(proxy.shutdown().await);
 }
 
-/// A port nothing listens on: connecting is refused.
-async fn refused_port() -> u16 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
 #[tokio::test]
 async fn a_get_to_a_refusing_peer_is_retried_once_a_post_never() {
     let up = Upstream::start().await;
-    let port = refused_port().await;
+    let (refused, _bound) = refused_addr();
+    let port = refused.port();
     let mut cfg = config(up.addr);
     cfg.peers = vec![format!("down=127.0.0.1:{port}").parse().expect("peer")];
     cfg.breaker_failures = 0;
@@ -394,7 +387,8 @@ async fn a_get_to_a_refusing_peer_is_retried_once_a_post_never() {
 #[tokio::test]
 async fn outbound_circuits_are_per_peer() {
     let up = Upstream::start().await;
-    let port = refused_port().await;
+    let (refused, _bound) = refused_addr();
+    let port = refused.port();
     let mut cfg = config(up.addr);
     cfg.peers = vec![
         format!("down=127.0.0.1:{port}").parse().expect("peer"),

@@ -58,6 +58,18 @@ impl Proxy {
     }
 }
 
+/// An address nothing listens on: connecting is refused. The socket stays bound, without
+/// listening, for as long as the caller holds it: a port that was only bound and released can
+/// be taken by any other process on the machine meanwhile (a listener there turned a refused
+/// connection into a hung one and a test into a timeout).
+pub fn refused_addr() -> (SocketAddr, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    (socket.local_addr().expect("addr"), socket)
+}
+
 /// A config with every listener on loopback port 0 and the given upstream.
 pub fn config(upstream: SocketAddr) -> Config {
     Config::for_upstream(upstream)
