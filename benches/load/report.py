@@ -311,7 +311,8 @@ def targets(results):
                    f"{ok(t['rss_each_max_mib'] < 32 and t.get('big_bytes') == 1 << 30)} | (every round) |")
     resample_note = (f"\"Holds in resamples\": the rounds of the three proxies drawn again with replacement, {RESAMPLES:,} "
                      "times (the same rounds for every proxy, which ran side by side; only rounds all three have; — with "
-                     "fewer than three), and the share of draws whose medians meet the target. Near 100% (or 0%) the rounds agree on the verdict; near 50% they split on it, and the host's "
+                     "fewer than three), and the share of draws whose medians meet the target. Near 100% (or 0%) "
+                     "the rounds agree on the verdict; near 50% they split on it, and the host's "
                      "spread decides the run's verdict. Only the spread within the run is seen: on this shared host, runs "
                      "half an hour apart have differed by more.")
     return out + ["", resample_note, "", cpu_note, ""]
