@@ -49,6 +49,8 @@ impl Calls {
 struct RefuseFirst {
     inner: Forward,
     refused: http::uri::Authority,
+    /// Keeps `refused` bound (not listening) while the service lives: see `refused_addr`.
+    _bound: Arc<tokio::net::TcpSocket>,
     refuse: usize,
     calls: Calls,
 }
@@ -83,15 +85,6 @@ impl tower::Service<Request<Body>> for RefuseFirst {
     }
 }
 
-async fn refused_authority() -> http::uri::Authority {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = l.local_addr().expect("addr");
-    drop(l);
-    addr.to_string().parse().expect("authority")
-}
-
 async fn harness(
     refuse: usize,
     retries: u32,
@@ -108,9 +101,11 @@ async fn harness(
         metrics,
     );
     let calls = Calls::default();
+    let (refused, bound) = refused_addr();
     let svc = RefuseFirst {
         inner: forward,
-        refused: refused_authority().await,
+        refused: refused.to_string().parse().expect("authority"),
+        _bound: Arc::new(bound),
         refuse,
         calls: calls.clone(),
     };
