@@ -285,3 +285,22 @@ async fn prometheus_scrapes_the_sidecars_and_every_shipped_query_agrees_with_the
     assert!(samples.shutdown().await);
     assert!(storage.shutdown().await);
 }
+
+/// The kit hands Prometheus a port it found free and released; when another process takes it
+/// first, Prometheus exits ("address already in use") and the kit starts it again on another
+/// port instead of failing the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kit_starts_prometheus_again_when_its_port_was_taken() {
+    require_tool("prometheus", "apt-get install prometheus");
+    // Bound, not listening: Prometheus cannot bind it, and the kit's readiness checks on it
+    // are refused at once rather than left waiting in a listener's backlog.
+    let (addr, taken) = refused_addr();
+    let prom = Prometheus::start_trying("global:\n  scrape_interval: 1s\n", Some(addr)).await;
+    assert_ne!(prom.addr, addr, "started on the taken port");
+    let build = prom
+        .api("/api/v1/status/buildinfo")
+        .await
+        .expect("the second Prometheus answers");
+    assert!(build["version"].is_string(), "{build}");
+    drop(taken);
+}

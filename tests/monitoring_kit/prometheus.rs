@@ -67,59 +67,83 @@ impl Drop for Prometheus {
     }
 }
 
+/// Starts before giving up when another process takes the port first (see `start`).
+const PROM_STARTS: usize = 3;
+
 impl Prometheus {
     /// Start `prometheus` with this config and wait (bounded) until it is ready.
+    ///
+    /// Prometheus binds its listen address itself, so the port is found free (bound on port
+    /// 0 and released) and handed over: another process may take it in between. Prometheus
+    /// then exits saying the address is in use, and it is started again, in a fresh directory
+    /// on another port, up to `PROM_STARTS` times; any other exit fails the test with its log.
     pub async fn start(config: &str) -> Prometheus {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let cfg_path = dir.path().join("prometheus.yml");
-        std::fs::write(&cfg_path, config).expect("write config");
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
-        // A free loopback port: bind port 0, read it, release it for Prometheus.
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port");
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", cfg_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg("--storage.tsdb.retention.time=1h")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn prometheus");
-        let mut p = Prometheus {
-            addr,
-            child,
-            _dir: dir,
-        };
-        let deadline = tokio::time::Instant::now() + PROM_WAIT;
-        loop {
-            if let Ok(resp) = get(&format!("http://{addr}/-/ready")).await {
-                if resp.status == 200 {
-                    return p;
+        Self::start_trying(config, None).await
+    }
+
+    /// `start`, with the first start on `first` (taken, for the test of the retry).
+    pub async fn start_trying(config: &str, mut first: Option<SocketAddr>) -> Prometheus {
+        for attempt in 1..=PROM_STARTS {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let cfg_path = dir.path().join("prometheus.yml");
+            std::fs::write(&cfg_path, config).expect("write config");
+            let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
+            let addr = match first.take() {
+                Some(addr) => addr,
+                None => std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .expect("free port"),
+            };
+            let child = Command::new("prometheus")
+                .arg(format!("--config.file={}", cfg_path.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("data").display()
+                ))
+                .arg(format!("--web.listen-address={addr}"))
+                .arg("--storage.tsdb.retention.time=1h")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect("spawn prometheus");
+            let mut p = Prometheus {
+                addr,
+                child,
+                _dir: dir,
+            };
+            let deadline = tokio::time::Instant::now() + PROM_WAIT;
+            loop {
+                if let Ok(resp) = get(&format!("http://{addr}/-/ready")).await {
+                    if resp.status == 200 {
+                        return p;
+                    }
                 }
+                if let Ok(Some(status)) = p.child.try_wait() {
+                    let log = p.log();
+                    if attempt < PROM_STARTS && log.contains("address already in use") {
+                        eprintln!(
+                            "prometheus: {addr} was taken before it bound it; starting again"
+                        );
+                        break;
+                    }
+                    panic!("prometheus exited with {status}:\n{log}");
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "prometheus not ready within {PROM_WAIT:?}:\n{}",
+                    p.log()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            if let Ok(Some(status)) = p.child.try_wait() {
-                panic!("prometheus exited with {status}:\n{}", p.log());
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "prometheus not ready within {PROM_WAIT:?}:\n{}",
-                p.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        unreachable!("the last start returns or panics")
     }
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("prometheus.log")).unwrap_or_default()
     }
 
-    /// GET an API path, expect `"status": "success"`, return `data`.
     pub async fn api(&self, path_and_query: &str) -> Result<serde_json::Value, String> {
         let resp = get(&format!("http://{}{path_and_query}", self.addr)).await?;
         let v: serde_json::Value = serde_json::from_slice(&resp.body)
