@@ -144,6 +144,7 @@ impl Prometheus {
         std::fs::read_to_string(self._dir.path().join("prometheus.log")).unwrap_or_default()
     }
 
+    /// GET an API path, expect `"status": "success"`, return `data`.
     pub async fn api(&self, path_and_query: &str) -> Result<serde_json::Value, String> {
         let resp = get(&format!("http://{}{path_and_query}", self.addr)).await?;
         let v: serde_json::Value = serde_json::from_slice(&resp.body)
